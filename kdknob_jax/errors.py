@@ -1,0 +1,21 @@
+"""Exceptions that users see. Each message names the problem and the fix."""
+
+
+class KdknobError(Exception):
+  """Base class of every error this package raises on purpose."""
+
+
+class ModelNotFoundError(KdknobError, FileNotFoundError):
+  """A model name, directory or hub id that cannot be resolved to local files."""
+
+
+class UnsupportedModelError(KdknobError, ValueError):
+  """A checkpoint whose architecture or options this package does not implement."""
+
+
+class CheckpointMismatchError(KdknobError, ValueError):
+  """A tensor that is missing, unexpected, or shaped differently from the config."""
+
+
+class TokenizerNotFoundError(KdknobError, FileNotFoundError):
+  """A checkpoint that has no tokenizer files."""

@@ -1,0 +1,145 @@
+"""Tokenizers through the Rust `tokenizers` library, with chat templates rendered by jinja2.
+
+Loads `tokenizer.json` (+ `tokenizer_config.json`) from an HF checkpoint directory, or converts
+a GGUF file's vocabulary once (in a child process, see `gguf_tokenizer`) into a cached
+directory. No transformers import, hence no torch, in the calling process.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from kdknob_jax.errors import TokenizerNotFoundError
+from kdknob_jax.hf.registry import ModelSource, cache_dir
+
+
+def _token_text(value: Any) -> str | None:
+  if isinstance(value, dict):  # AddedToken serialized as a dict
+    return value.get("content")
+  return value
+
+
+class Tokenizer:
+  """Text <-> token ids for one model.
+
+  Attributes:
+    bos_id, eos_id, pad_id: special ids (None when the tokenizer has none).
+    add_bos: whether `encode` prepends BOS to plain text.
+    chat_template: the jinja template, or None for base models.
+  """
+
+  def __init__(self, directory: str | Path, extra_eos_ids: Sequence[int] = ()):
+    import tokenizers  # pylint: disable=g-import-not-at-top
+    directory = Path(directory)
+    self.directory = directory
+    self._tok = tokenizers.Tokenizer.from_file(str(directory / "tokenizer.json"))
+    cfg_path = directory / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    self.config = cfg
+    template = cfg.get("chat_template")
+    jinja_file = directory / "chat_template.jinja"
+    if template is None and jinja_file.exists():
+      template = jinja_file.read_text()
+    if isinstance(template, list):  # named templates: take the default one
+      template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    self.chat_template: str | None = template
+    self.bos_token = _token_text(cfg.get("bos_token"))
+    self.eos_token = _token_text(cfg.get("eos_token"))
+    self.bos_id = self._id(self.bos_token)
+    self.eos_id = self._id(self.eos_token)
+    self.pad_id = self._id(_token_text(cfg.get("pad_token")))
+    self.add_bos = bool(cfg.get("add_bos_token", False))
+    self.eos_ids = tuple(dict.fromkeys(
+        [i for i in (self.eos_id, *extra_eos_ids) if i is not None]))
+
+  def _id(self, token: str | None) -> int | None:
+    return None if token is None else self._tok.token_to_id(token)
+
+  @property
+  def vocab_size(self) -> int:
+    return self._tok.get_vocab_size(with_added_tokens=True)
+
+  def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+    """Token ids of text; with add_special_tokens, BOS as the tokenizer's config asks."""
+    ids = self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+    if (add_special_tokens and self.add_bos and self.bos_id is not None
+        and (not ids or ids[0] != self.bos_id)):
+      ids = [self.bos_id] + ids
+    return ids
+
+  def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+    return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+  def render_chat(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True,
+                  **kwargs) -> str:
+    """The chat template applied to messages, as text (its special tokens spelled out).
+
+    Raises:
+      ValueError: the tokenizer has no chat template (a base model): use plain prompts.
+    """
+    if not self.chat_template:
+      raise ValueError(f"The tokenizer in {self.directory} has no chat template (a base model?); "
+                       "pass plain text prompts instead of chat messages.")
+    from jinja2 import ext  # pylint: disable=g-import-not-at-top
+    from jinja2.exceptions import TemplateError  # pylint: disable=g-import-not-at-top
+    from jinja2.sandbox import ImmutableSandboxedEnvironment  # pylint: disable=g-import-not-at-top
+
+    def raise_exception(message):
+      raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[ext.loopcontrols])
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, indent=indent,
+                                                                  ensure_ascii=False)
+    return env.from_string(self.chat_template).render(
+        messages=list(messages), add_generation_prompt=add_generation_prompt,
+        bos_token=self.bos_token or "", eos_token=self.eos_token or "", **kwargs)
+
+  def encode_prompt(self, prompt: str | Sequence[dict[str, str]], chat: bool | None = None
+                    ) -> list[int]:
+    """Ids of a prompt: chat messages (or a string wrapped as one user turn when `chat` and a
+    template exist) rendered by the template, else plain text with BOS per the config."""
+    if isinstance(prompt, str):
+      use_chat = bool(self.chat_template) if chat is None else chat
+      if not use_chat:
+        return self.encode(prompt)
+      prompt = [{"role": "user", "content": prompt}]
+    # The rendered text already holds BOS where the template wants it.
+    return self.encode(self.render_chat(prompt), add_special_tokens=False)
+
+
+def _gguf_tokenizer_dir(gguf: Path) -> Path:
+  st = gguf.stat()
+  out = cache_dir() / "tokenizers" / f"{gguf.stem}-{st.st_size}-{int(st.st_mtime)}"
+  if not (out / "tokenizer.json").exists():
+    proc = subprocess.run([sys.executable, "-m", "kdknob_jax.hf.gguf_tokenizer", str(gguf),
+                           str(out)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0 or not (out / "tokenizer.json").exists():
+      raise TokenizerNotFoundError(f"Could not build a tokenizer from {gguf}:\n"
+                                   f"{proc.stderr[-2000:]}")
+  return out
+
+
+def load_tokenizer(source: ModelSource, extra_eos_ids: Sequence[int] = ()) -> Tokenizer:
+  """The tokenizer of a resolved model.
+
+  Raises:
+    TokenizerNotFoundError: the checkpoint has no tokenizer.json.
+  """
+  if source.kind == "gguf":
+    return Tokenizer(_gguf_tokenizer_dir(source.path), extra_eos_ids)
+  if not (source.path / "tokenizer.json").exists():
+    hint = (" It has a sentencepiece tokenizer.model only: convert it once with transformers "
+            "(AutoTokenizer.from_pretrained(dir).save_pretrained(dir)) to write tokenizer.json."
+            if (source.path / "tokenizer.model").exists() else "")
+    raise TokenizerNotFoundError(
+        f"{source.path} has no tokenizer.json, so text cannot be tokenized.{hint} Pass token "
+        f"ids directly, or copy the tokenizer files of the same model into that directory.")
+  return Tokenizer(source.path, extra_eos_ids)

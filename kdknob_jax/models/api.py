@@ -1,0 +1,56 @@
+"""Functional entry points over the linen decoder: params are plain nested dicts."""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kdknob_jax.models.config import ModelConfig
+from kdknob_jax.models.transformer import Decoder
+
+
+@functools.lru_cache(maxsize=None)
+def decoder(cfg: ModelConfig) -> Decoder:
+  """The (stateless) module for a config."""
+  return Decoder(cfg)
+
+
+def _dummy_inputs():
+  return jnp.zeros((1, 1), jnp.int32), jnp.zeros((1, 1), jnp.int32)
+
+
+def _boxed_shapes(cfg: ModelConfig):
+  return jax.eval_shape(lambda: decoder(cfg).init(jax.random.PRNGKey(0), *_dummy_inputs()))
+
+
+def abstract_params(cfg: ModelConfig) -> dict:
+  """Params as a nested dict of `jax.ShapeDtypeStruct`, computed without allocating."""
+  return nn.unbox(_boxed_shapes(cfg))["params"]
+
+
+def param_axes(cfg: ModelConfig) -> dict:
+  """The logical axis names of every param: a nested dict of `PartitionSpec`s."""
+  return nn.get_partition_spec(_boxed_shapes(cfg))["params"]
+
+
+def param_count(cfg: ModelConfig) -> int:
+  """Number of parameters (tied embeddings counted once)."""
+  leaves = jax.tree_util.tree_leaves(abstract_params(cfg))
+  return int(sum(int(np.prod(x.shape)) for x in leaves))
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array) -> dict:
+  """Randomly initialized params (for tests and benchmarks with random weights)."""
+  return nn.unbox(decoder(cfg).init(rng, *_dummy_inputs()))["params"]
+
+
+def forward(params: dict, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array | None = None,
+            cache: dict | None = None, return_hidden: bool = False):
+  """Runs the decoder. See `Decoder.__call__`; positions default to 0..T-1 for every row."""
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+  return decoder(cfg).apply({"params": params}, tokens, positions, cache, return_hidden)

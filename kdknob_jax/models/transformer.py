@@ -1,0 +1,184 @@
+"""One Flax linen decoder for Llama-3 (and SmolLM2), Qwen3 and Gemma-3 text models.
+
+Modules here only declare parameters (with logical axis names) and call the math in
+`kdknob_jax.ops`. Layers are stacked with `nn.scan`, so every per-layer parameter has a leading
+`layers` axis and compile time does not grow with depth. The KV cache is an explicit pytree
+(`kdknob_jax.models.cache`): passed in, returned updated, never hidden module state.
+
+Einsum letters: see `ModelConfig`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kdknob_jax.models.config import ModelConfig
+from kdknob_jax.ops.layers import attention, attention_mask, mlp_activation, rms_norm
+from kdknob_jax.ops.rope import apply_rope, rope_tables
+
+Array = jax.Array
+
+# Longer than any distance, so a global layer's "window" hides nothing.
+_NO_WINDOW = 2**30
+
+
+def _kernel(std: float = 0.02):
+  return nn.initializers.normal(stddev=std)
+
+
+class Block(nn.Module):
+  """One decoder layer; `nn.scan` stacks L of them."""
+  config: ModelConfig
+
+  def _param(self, name: str, shape: tuple[int, ...], axes: tuple[str, ...], init=None) -> Array:
+    init = init or _kernel()
+    return self.param(name, nn.with_logical_partitioning(init, axes), shape,
+                      jnp.dtype(self.config.dtype))
+
+  def _norm(self, name: str, x: Array, size: int, axis_name: str) -> Array:
+    cfg = self.config
+    # Gemma stores w with output x*(1+w), so zeros is the identity; Llama/Qwen store w itself.
+    init = nn.initializers.zeros if cfg.gemma else nn.initializers.ones
+    scale = self._param(name, (size,), (axis_name,), init)
+    return rms_norm(x, scale, cfg.rms_norm_eps, cfg.gemma)
+
+  @nn.compact
+  def __call__(self, x: Array, layer: dict[str, Any], shared: dict[str, Any]):
+    """Runs one layer.
+
+    Args:
+      x: residual stream [B, T, D].
+      layer: this layer's scanned inputs: `sliding` (bool scalar) and, with a cache, its
+        `k` and `v` [B, S, K, H].
+      shared: inputs every layer sees: positions, RoPE tables, cache write index.
+
+    Returns:
+      (x [B, T, D], {"k", "v"} the layer's updated cache, or empty without a cache).
+    """
+    cfg = self.config
+    d, n, kv, h, f = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                      cfg.intermediate_size)
+    wq = self._param("q_proj", (d, n, h), ("embed", "heads", "head_dim"))
+    wk = self._param("k_proj", (d, kv, h), ("embed", "kv_heads", "head_dim"))
+    wv = self._param("v_proj", (d, kv, h), ("embed", "kv_heads", "head_dim"))
+    wo = self._param("o_proj", (n, h, d), ("heads", "head_dim", "embed"))
+
+    hx = self._norm("input_norm", x, d, "embed")
+    q = jnp.einsum("btd,dnh->btnh", hx, wq)
+    k = jnp.einsum("btd,dkh->btkh", hx, wk)
+    v = jnp.einsum("btd,dkh->btkh", hx, wv)
+    if cfg.qk_norm:
+      q = self._norm("q_norm", q, h, "head_dim")
+      k = self._norm("k_norm", k, h, "head_dim")
+    sliding = layer["sliding"]
+    cos = jnp.where(sliding, shared["cos_local"], shared["cos"])
+    sin = jnp.where(sliding, shared["sin_local"], shared["sin"])
+    q = nn.with_logical_constraint(apply_rope(q, cos, sin), ("batch", "length", "heads", "head_dim"))
+    k = nn.with_logical_constraint(apply_rope(k, cos, sin),
+                                   ("batch", "length", "kv_heads", "head_dim"))
+
+    new_cache = {}
+    if "k" in layer:
+      start = (0, shared["index"], 0, 0)
+      k = jax.lax.dynamic_update_slice(layer["k"], k.astype(layer["k"].dtype), start)
+      v = jax.lax.dynamic_update_slice(layer["v"], v.astype(layer["v"].dtype), start)
+      new_cache = {"k": k, "v": v}
+    window = None
+    if cfg.sliding_window is not None:
+      window = jnp.where(sliding, cfg.sliding_window, _NO_WINDOW)
+    mask = attention_mask(shared["q_pos"], shared["k_pos"], window)
+    o = attention(q, k, v, mask, cfg.query_scale, cfg.attn_logit_softcap)
+    attn_out = jnp.einsum("btnh,nhd->btd", o, wo)
+    if cfg.gemma:
+      attn_out = self._norm("post_attn_norm", attn_out, d, "embed")
+    x = nn.with_logical_constraint(x + attn_out, ("batch", "length", "embed"))
+
+    hx = self._norm("pre_mlp_norm", x, d, "embed")
+    gate = jnp.einsum("btd,df->btf", hx, self._param("gate_proj", (d, f), ("embed", "mlp")))
+    up = jnp.einsum("btd,df->btf", hx, self._param("up_proj", (d, f), ("embed", "mlp")))
+    hidden = nn.with_logical_constraint(mlp_activation(gate, cfg.gemma) * up,
+                                        ("batch", "length", "mlp"))
+    mlp_out = jnp.einsum("btf,fd->btd", hidden, self._param("down_proj", (f, d), ("mlp", "embed")))
+    if cfg.gemma:
+      mlp_out = self._norm("post_mlp_norm", mlp_out, d, "embed")
+    x = nn.with_logical_constraint(x + mlp_out, ("batch", "length", "embed"))
+    return x, new_cache
+
+
+class Decoder(nn.Module):
+  """Token ids to float32 logits, with an optional explicit KV cache."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens: Array, positions: Array, cache: dict[str, Array] | None = None,
+               return_hidden: bool = False):
+    """Forward pass.
+
+    Args:
+      tokens: int [B, T].
+      positions: int [B, T] absolute positions; a negative position marks padding, which no
+        query attends to.
+      cache: None for a plain forward, or a cache from `init_cache` whose `index` is the slot
+        where these T tokens are written.
+      return_hidden: also return the final-normed hidden states [B, T, D].
+
+    Returns:
+      (logits [B, T, V] float32, updated cache or None), plus hidden states if asked.
+    """
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    embedding = self.param(
+        "embed", nn.with_logical_partitioning(_kernel(), ("vocab", "embed")),
+        (cfg.vocab_size, cfg.hidden_size), dtype)
+    x = jnp.take(embedding, tokens, axis=0)
+    if cfg.gemma:
+      # HF casts sqrt(D) to the weight dtype before multiplying; bf16 rounding included.
+      x = x * jnp.asarray(math.sqrt(cfg.hidden_size), dtype)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+    cos, sin = rope_tables(positions, cfg.rope, cfg.head_dim, dtype)
+    cos_l, sin_l = (cos, sin) if cfg.rope_local is None else rope_tables(
+        positions, cfg.rope_local, cfg.head_dim, dtype)
+    shared = {"cos": cos, "sin": sin, "cos_local": cos_l, "sin_local": sin_l, "q_pos": positions}
+    layer_xs: dict[str, Array] = {"sliding": jnp.asarray(cfg.sliding_flags, dtype=bool)}
+    if cache is None:
+      shared["k_pos"] = positions
+    else:
+      shared["index"] = cache["index"]
+      shared["k_pos"] = jax.lax.dynamic_update_slice(
+          cache["pos"], positions.astype(cache["pos"].dtype), (0, cache["index"]))
+      layer_xs.update(k=cache["k"], v=cache["v"])
+
+    layers = nn.scan(
+        Block, variable_axes={"params": 0}, split_rngs={"params": True},
+        in_axes=(0, nn.broadcast), length=cfg.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="layers")
+    x, kv = layers(x, layer_xs, shared)
+
+    scale = self.param(
+        "final_norm", nn.with_logical_partitioning(
+            nn.initializers.zeros if cfg.gemma else nn.initializers.ones, ("embed",)),
+        (cfg.hidden_size,), dtype)
+    x = rms_norm(x, scale, cfg.rms_norm_eps, cfg.gemma)
+    if cfg.tie_embeddings:
+      logits = jnp.einsum("btd,vd->btv", x, embedding, preferred_element_type=jnp.float32)
+    else:
+      head = self.param("lm_head", nn.with_logical_partitioning(_kernel(), ("embed", "vocab")),
+                        (cfg.hidden_size, cfg.vocab_size), dtype)
+      logits = jnp.einsum("btd,dv->btv", x, head, preferred_element_type=jnp.float32)
+    if cfg.final_logit_softcap is not None:
+      logits = cfg.final_logit_softcap * jnp.tanh(logits / cfg.final_logit_softcap)
+    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+
+    new_cache = None
+    if cache is not None:
+      new_cache = {"k": kv["k"], "v": kv["v"], "pos": shared["k_pos"],
+                   "index": cache["index"] + tokens.shape[1]}
+    if return_hidden:
+      return logits, new_cache, x
+    return logits, new_cache

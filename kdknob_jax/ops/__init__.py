@@ -1,0 +1,1 @@
+"""Numerical kernels as plain functions (RoPE, norms, attention; divergences in later modules)."""

@@ -1,0 +1,81 @@
+"""Device mesh and logical-axis sharding rules.
+
+Params and activations carry logical axis names ("vocab", "embed", "heads", ...). A config holds
+the mesh axis sizes and the rules mapping logical names to mesh axes; `shardings_for` turns an
+abstract param tree into `NamedSharding`s so that weights load straight into their shards.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical name -> mesh axes (a tuple shards over their product). Configs may override.
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+    ("length", None),
+    ("cache_length", None),
+)
+
+
+def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A mesh over (data, fsdp, tensor); one size may be -1, meaning "the remaining devices".
+
+  Raises:
+    ValueError: when the sizes do not multiply to the device count.
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  shape = [int(sizes.get(a, 1)) for a in MESH_AXES]
+  if shape.count(-1) > 1:
+    raise ValueError(f"At most one mesh axis may be -1, got {dict(zip(MESH_AXES, shape))}.")
+  if -1 in shape:
+    known = int(np.prod([s for s in shape if s != -1]))
+    if len(devices) % known:
+      raise ValueError(f"{len(devices)} devices cannot be split by the fixed axes {sizes}.")
+    shape[shape.index(-1)] = len(devices) // known
+  if int(np.prod(shape)) != len(devices):
+    raise ValueError(f"Mesh {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, "
+                     f"but {len(devices)} are available; fix the config's mesh sizes.")
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def spec_for(shape: Sequence[int], axes: Sequence[str | None], mesh: Mesh,
+             rules: Sequence[tuple[str, object]] = DEFAULT_RULES) -> PartitionSpec:
+  """The PartitionSpec of one array. A mesh axis is dropped for a dimension it does not divide
+  (e.g. 8 KV heads on 16-way tensor parallelism) or when an earlier dimension already uses it."""
+  table = dict(rules)
+  used: set[str] = set()
+  out = []
+  for dim, name in zip(shape, axes):
+    target = table.get(name) if name is not None else None
+    mesh_axes = (target,) if isinstance(target, str) else tuple(target or ())
+    kept = []
+    for ax in mesh_axes:
+      size = mesh.shape[ax]
+      if ax in used or size == 1:
+        continue
+      if dim % (size * int(np.prod([mesh.shape[k] for k in kept]))) == 0:
+        kept.append(ax)
+    used.update(kept)
+    out.append(tuple(kept) if len(kept) > 1 else (kept[0] if kept else None))
+  return PartitionSpec(*out)
+
+
+def shardings_for(abstract: object, axes: object, mesh: Mesh,
+                  rules: Sequence[tuple[str, object]] = DEFAULT_RULES) -> object:
+  """NamedShardings for a tree of ShapeDtypeStructs, given its tree of logical PartitionSpecs."""
+  return jax.tree_util.tree_map(
+      lambda a, p: NamedSharding(mesh, spec_for(a.shape, tuple(p), mesh, rules)),
+      abstract, axes, is_leaf=lambda x: isinstance(x, PartitionSpec))
