@@ -27,6 +27,11 @@ Array = jax.Array
 _NO_WINDOW = 2**30
 
 
+def _proj(eq: str, x: Array, w: Array) -> Array:
+  """A projection with float32 accumulation on every backend, rounded back to x's dtype."""
+  return jnp.einsum(eq, x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+
+
 def _kernel(std: float = 0.02):
   return nn.initializers.normal(stddev=std)
 
@@ -69,9 +74,9 @@ class Block(nn.Module):
     wo = self._param("o_proj", (n, h, d), ("heads", "head_dim", "embed"))
 
     hx = self._norm("input_norm", x, d, "embed")
-    q = jnp.einsum("btd,dnh->btnh", hx, wq)
-    k = jnp.einsum("btd,dkh->btkh", hx, wk)
-    v = jnp.einsum("btd,dkh->btkh", hx, wv)
+    q = _proj("btd,dnh->btnh", hx, wq)
+    k = _proj("btd,dkh->btkh", hx, wk)
+    v = _proj("btd,dkh->btkh", hx, wv)
     if cfg.qk_norm:
       q = self._norm("q_norm", q, h, "head_dim")
       k = self._norm("k_norm", k, h, "head_dim")
@@ -93,17 +98,17 @@ class Block(nn.Module):
       window = jnp.where(sliding, cfg.sliding_window, _NO_WINDOW)
     mask = attention_mask(shared["q_pos"], shared["k_pos"], window)
     o = attention(q, k, v, mask, cfg.query_scale, cfg.attn_logit_softcap)
-    attn_out = jnp.einsum("btnh,nhd->btd", o, wo)
+    attn_out = _proj("btnh,nhd->btd", o, wo)
     if cfg.gemma:
       attn_out = self._norm("post_attn_norm", attn_out, d, "embed")
     x = nn.with_logical_constraint(x + attn_out, ("batch", "length", "embed"))
 
     hx = self._norm("pre_mlp_norm", x, d, "embed")
-    gate = jnp.einsum("btd,df->btf", hx, self._param("gate_proj", (d, f), ("embed", "mlp")))
-    up = jnp.einsum("btd,df->btf", hx, self._param("up_proj", (d, f), ("embed", "mlp")))
+    gate = _proj("btd,df->btf", hx, self._param("gate_proj", (d, f), ("embed", "mlp")))
+    up = _proj("btd,df->btf", hx, self._param("up_proj", (d, f), ("embed", "mlp")))
     hidden = nn.with_logical_constraint(mlp_activation(gate, cfg.gemma) * up,
                                         ("batch", "length", "mlp"))
-    mlp_out = jnp.einsum("btf,fd->btd", hidden, self._param("down_proj", (f, d), ("mlp", "embed")))
+    mlp_out = _proj("btf,fd->btd", hidden, self._param("down_proj", (f, d), ("mlp", "embed")))
     if cfg.gemma:
       mlp_out = self._norm("post_mlp_norm", mlp_out, d, "embed")
     x = nn.with_logical_constraint(x + mlp_out, ("batch", "length", "embed"))

@@ -31,8 +31,10 @@ def rms_norm(x: jnp.ndarray, scale: jnp.ndarray, eps: float, gemma: bool) -> jnp
 
 
 def mlp_activation(x: jnp.ndarray, gemma: bool) -> jnp.ndarray:
-  """gelu with tanh approximation (Gemma) or SiLU (Llama, Qwen3)."""
-  return jax.nn.gelu(x, approximate=True) if gemma else jax.nn.silu(x)
+  """gelu with tanh approximation (Gemma) or SiLU (Llama, Qwen3), computed in float32 and rounded
+  once to x's dtype, as PyTorch's fused kernels do (bf16 op-by-op would round twice)."""
+  xf = x.astype(jnp.float32)
+  return (jax.nn.gelu(xf, approximate=True) if gemma else jax.nn.silu(xf)).astype(x.dtype)
 
 
 def attention_mask(q_pos: jnp.ndarray, k_pos: jnp.ndarray,

@@ -1,0 +1,43 @@
+"""The two embedded models with their real (GGUF) weights against HF transformers' GGUF loader.
+
+The torch side reads the GGUF through transformers' own dequantization, rotary un-permutation
+and Gemma norm offset, so these tests also check our GGUF conversion. Each family loads its
+torch model once (tens of seconds); bfloat16 is a cast of that model.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from kdknob_jax.compare.run import DEFAULT_PROMPTS, compare
+from kdknob_jax.compare.torch_side import load_torch_model
+from kdknob_jax.hf import resolve
+
+PROMPTS = DEFAULT_PROMPTS[:3]  # a GSM8K question, an explanation, code
+
+
+@pytest.fixture(scope="module", params=["smollm2-135m-instruct", "gemma3-270m"])
+def embedded(request):
+  name = request.param
+  return name, load_torch_model(resolve(name), "float32")
+
+
+@pytest.mark.slow
+def test_float32_parity_and_greedy_agreement(embedded):
+  name, ref = embedded
+  result = compare(name, "float32", PROMPTS, new_tokens=32, torch_model=ref)
+  o = result["overall"]
+  assert o["mean_kl"] <= 1e-4, o
+  assert o["greedy_agreement"] == 1.0, [p["our_tokens"] for p in result["per_prompt"]]
+  assert result["passed"]
+
+
+@pytest.mark.slow
+def test_bfloat16_parity(embedded):
+  name, ref = embedded
+  ref16 = copy.deepcopy(ref).to(torch.bfloat16)
+  result = compare(name, "bfloat16", PROMPTS, new_tokens=8, torch_model=ref16)
+  assert result["overall"]["max_kl"] <= 0.015, result["overall"]
