@@ -178,9 +178,9 @@ def load_params(cfg: ModelConfig, source: TensorSource, abstract: Mapping,
       host = _checked(path, _host_param(recipe, source), want, recipe.hf_names)
       out[path] = jnp.asarray(host.astype(dtype))
       continue
-    first = _checked(path, recipe.transform(source.get(recipe.hf_names[0])),
-                     want[1:] if recipe.stacked else want, recipe.hf_names)
-    del first
+    # Validate one (layer's) tensor up front: a mismatch then fails before any device work.
+    _checked(path, recipe.transform(source.get(recipe.hf_names[0])),
+             want[1:] if recipe.stacked else want, recipe.hf_names)
 
     def shard(index, recipe=recipe):
       if recipe.stacked:
