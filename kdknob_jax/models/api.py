@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kdknob_jax.models.config import ModelConfig
-from kdknob_jax.models.transformer import Decoder
+from kdknob_jax.models.transformer import Decoder, output_logits
 
 
 @functools.lru_cache(maxsize=None)
@@ -49,8 +49,15 @@ def init_params(cfg: ModelConfig, rng: jax.Array) -> dict:
 
 
 def forward(params: dict, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array | None = None,
-            cache: dict | None = None, return_hidden: bool = False):
+            cache: dict | None = None, return_hidden: bool = False, compute_logits: bool = True):
   """Runs the decoder. See `Decoder.__call__`; positions default to 0..T-1 for every row."""
   if positions is None:
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-  return decoder(cfg).apply({"params": params}, tokens, positions, cache, return_hidden)
+  return decoder(cfg).apply({"params": params}, tokens, positions, cache, return_hidden,
+                            compute_logits)
+
+
+def logits_from_hidden(params: dict, cfg: ModelConfig, hidden: jax.Array) -> jax.Array:
+  """Float32 logits [B, T, V] of final-normed hidden states [B, T, D] (from `forward` with
+  `return_hidden` or `compute_logits=False`)."""
+  return output_logits(hidden, params["embed"] if cfg.tie_embeddings else params["lm_head"], cfg)

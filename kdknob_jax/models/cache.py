@@ -1,7 +1,8 @@
 """The explicit KV cache: a plain dict pytree passed into and returned from the decoder.
 
 Layout (einsum letters of `ModelConfig`):
-  k, v:  [L, B, S, K, H]  keys after RoPE, and values, one slot per token;
+  k, v:  [L, B, K, S, H]  keys after RoPE, and values, one slot per token (batch and head
+                          axes lead, so attention reads the cache without transposing it);
   pos:   [B, S] int32     the absolute position of the token in each slot, -1 when empty or
                           padding, so masks are decided on positions and slots can be shared
                           by rows of different lengths;
@@ -17,8 +18,8 @@ import jax.numpy as jnp
 from kdknob_jax.models.config import ModelConfig
 
 CACHE_AXES = {
-    "k": ("layers", "batch", "cache_length", "kv_heads", "head_dim"),
-    "v": ("layers", "batch", "cache_length", "kv_heads", "head_dim"),
+    "k": ("layers", "batch", "kv_heads", "cache_length", "head_dim"),
+    "v": ("layers", "batch", "kv_heads", "cache_length", "head_dim"),
     "pos": ("batch", "cache_length"),
     "index": (),
 }
@@ -33,7 +34,7 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: str | None = No
     length: S, the number of slots (prompt plus new tokens).
     dtype: of keys and values; defaults to the model's dtype.
   """
-  kv_shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+  kv_shape = (cfg.num_layers, batch, cfg.num_kv_heads, length, cfg.head_dim)
   dt = jnp.dtype(dtype or cfg.dtype)
   return {
       "k": jnp.zeros(kv_shape, dt),

@@ -59,11 +59,12 @@ class Block(nn.Module):
     Args:
       x: residual stream [B, T, D].
       layer: this layer's scanned inputs: `sliding` (bool scalar) and, with a cache, its
-        `k` and `v` [B, S, K, H].
-      shared: inputs every layer sees: positions, RoPE tables, cache write index.
+        `k` and `v` [B, K, S, H].
+      shared: inputs every layer sees: positions, RoPE tables, key positions of the cache.
 
     Returns:
-      (x [B, T, D], {"k", "v"} the layer's updated cache, or empty without a cache).
+      (x [B, T, D], {"k", "v"} this layer's new keys and values [B, K, T, H] for the cache,
+      or empty without a cache).
     """
     cfg = self.config
     d, n, kv, h, f = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
@@ -87,17 +88,23 @@ class Block(nn.Module):
     k = nn.with_logical_constraint(apply_rope(k, cos, sin),
                                    ("batch", "length", "kv_heads", "head_dim"))
 
-    new_cache = {}
-    if "k" in layer:
-      start = (0, shared["index"], 0, 0)
-      k = jax.lax.dynamic_update_slice(layer["k"], k.astype(layer["k"].dtype), start)
-      v = jax.lax.dynamic_update_slice(layer["v"], v.astype(layer["v"].dtype), start)
-      new_cache = {"k": k, "v": v}
     window = None
     if cfg.sliding_window is not None:
       window = jnp.where(sliding, cfg.sliding_window, _NO_WINDOW)
-    mask = attention_mask(shared["q_pos"], shared["k_pos"], window)
-    o = attention(q, k, v, mask, cfg.query_scale, cfg.attn_logit_softcap)
+    q_pos = shared["q_pos"]
+    new_cache = {}
+    # Keys and values go to [B, K, T, H], the cache's layout: batch dims leading, so the
+    # attention dots read the cache in place with no transpose.
+    k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+    if "k" in layer:
+      k, v = k.astype(layer["k"].dtype), v.astype(layer["v"].dtype)
+      new_cache = {"k": k, "v": v}
+    blocks = [(k, v, attention_mask(q_pos, q_pos, window))]
+    if "k" in layer:
+      # The cache is only read here and written once after all layers (see `Decoder`), so a
+      # decode step never copies it; the new keys are a second block of the same softmax.
+      blocks.insert(0, (layer["k"], layer["v"], attention_mask(q_pos, shared["k_pos"], window)))
+    o = attention(q, blocks, cfg.query_scale, cfg.attn_logit_softcap)
     attn_out = _proj("btnh,nhd->btd", o, wo)
     if cfg.gemma:
       attn_out = self._norm("post_attn_norm", attn_out, d, "embed")
@@ -115,13 +122,28 @@ class Block(nn.Module):
     return x, new_cache
 
 
+def output_logits(x: Array, weight: Array, cfg: ModelConfig) -> Array:
+  """Float32 logits [B, T, V] from final-normed hidden states [B, T, D].
+
+  Args:
+    x: hidden states.
+    weight: the embedding [V, D] when tied, else the LM head [D, V].
+    cfg: the model config (tying and final softcap).
+  """
+  eq = "btd,vd->btv" if cfg.tie_embeddings else "btd,dv->btv"
+  logits = jnp.einsum(eq, x, weight, preferred_element_type=jnp.float32)
+  if cfg.final_logit_softcap is not None:
+    logits = cfg.final_logit_softcap * jnp.tanh(logits / cfg.final_logit_softcap)
+  return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+
+
 class Decoder(nn.Module):
   """Token ids to float32 logits, with an optional explicit KV cache."""
   config: ModelConfig
 
   @nn.compact
   def __call__(self, tokens: Array, positions: Array, cache: dict[str, Array] | None = None,
-               return_hidden: bool = False):
+               return_hidden: bool = False, compute_logits: bool = True):
     """Forward pass.
 
     Args:
@@ -131,6 +153,9 @@ class Decoder(nn.Module):
       cache: None for a plain forward, or a cache from `init_cache` whose `index` is the slot
         where these T tokens are written.
       return_hidden: also return the final-normed hidden states [B, T, D].
+      compute_logits: False skips the LM head (a prefill needs logits at one position only,
+        and [B, T, V] float32 can be gigabytes); logits are then None and hidden states are
+        returned.
 
     Returns:
       (logits [B, T, V] float32, updated cache or None), plus hidden states if asked.
@@ -151,12 +176,11 @@ class Decoder(nn.Module):
         positions, cfg.rope_local, cfg.head_dim, dtype)
     shared = {"cos": cos, "sin": sin, "cos_local": cos_l, "sin_local": sin_l, "q_pos": positions}
     layer_xs: dict[str, Array] = {"sliding": jnp.asarray(cfg.sliding_flags, dtype=bool)}
-    if cache is None:
-      shared["k_pos"] = positions
-    else:
-      shared["index"] = cache["index"]
+    if cache is not None:
+      # Slots about to be written hold stale entries for this forward: hide them; the new keys
+      # are attended as their own block.
       shared["k_pos"] = jax.lax.dynamic_update_slice(
-          cache["pos"], positions.astype(cache["pos"].dtype), (0, cache["index"]))
+          cache["pos"], jnp.full(positions.shape, -1, cache["pos"].dtype), (0, cache["index"]))
       layer_xs.update(k=cache["k"], v=cache["v"])
 
     layers = nn.scan(
@@ -170,20 +194,22 @@ class Decoder(nn.Module):
             nn.initializers.zeros if cfg.gemma else nn.initializers.ones, ("embed",)),
         (cfg.hidden_size,), dtype)
     x = rms_norm(x, scale, cfg.rms_norm_eps, cfg.gemma)
-    if cfg.tie_embeddings:
-      logits = jnp.einsum("btd,vd->btv", x, embedding, preferred_element_type=jnp.float32)
-    else:
+    head = None
+    if not cfg.tie_embeddings:
       head = self.param("lm_head", nn.with_logical_partitioning(_kernel(), ("embed", "vocab")),
                         (cfg.hidden_size, cfg.vocab_size), dtype)
-      logits = jnp.einsum("btd,dv->btv", x, head, preferred_element_type=jnp.float32)
-    if cfg.final_logit_softcap is not None:
-      logits = cfg.final_logit_softcap * jnp.tanh(logits / cfg.final_logit_softcap)
-    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
-
     new_cache = None
     if cache is not None:
-      new_cache = {"k": kv["k"], "v": kv["v"], "pos": shared["k_pos"],
-                   "index": cache["index"] + tokens.shape[1]}
+      index = cache["index"]
+      new_cache = {
+          "k": jax.lax.dynamic_update_slice(cache["k"], kv["k"], (0, 0, 0, index, 0)),
+          "v": jax.lax.dynamic_update_slice(cache["v"], kv["v"], (0, 0, 0, index, 0)),
+          "pos": jax.lax.dynamic_update_slice(
+              cache["pos"], positions.astype(cache["pos"].dtype), (0, index)),
+          "index": index + tokens.shape[1]}
+    if not compute_logits:
+      return None, new_cache, x
+    logits = output_logits(x, embedding if head is None else head, cfg)
     if return_hidden:
       return logits, new_cache, x
     return logits, new_cache

@@ -5,6 +5,8 @@ Modules in `kdknob_jax.models` only hold parameters and call these.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import jax
 import jax.numpy as jnp
 
@@ -59,28 +61,46 @@ def attention_mask(q_pos: jnp.ndarray, k_pos: jnp.ndarray,
   return visible
 
 
-def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray, scale: float,
-              softcap: float | None = None) -> jnp.ndarray:
-  """Grouped-query attention.
+def attention(q: jnp.ndarray, blocks: Sequence[tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]],
+              scale: float, softcap: float | None = None) -> jnp.ndarray:
+  """Grouped-query attention over one or more blocks of keys, with one joint softmax.
+
+  A decode step attends to the KV cache and to its own new keys as two blocks, so the cache is
+  only read (never copied to append the new keys); the result equals attention over the
+  concatenated keys.
 
   Args:
     q: queries [B, T, N, H].
-    k: keys [B, S, K, H], with N a multiple of K.
-    v: values [B, S, K, H].
-    mask: [B, T, S] booleans from `attention_mask`.
-    scale: multiplies the scores (HF applies it after q·k).
+    blocks: (k [B, K, S, H], v [B, K, S, H], mask [B, T, S]) triples, S may differ per block;
+      N is a multiple of K; masks come from `attention_mask`.
+    scale: multiplies the scores (HF applies it after q.k).
     softcap: if set, scores become softcap * tanh(scores / softcap).
 
   Returns:
     [B, T, N, H] in q's dtype. Scores and softmax are float32.
   """
   b, t, n, h = q.shape
-  kv = k.shape[2]
-  qg = q.reshape(b, t, kv, n // kv, h)
-  scores = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
-  if softcap is not None:
-    scores = softcap * jnp.tanh(scores / softcap)
-  scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskh->btkgh", probs, v, preferred_element_type=jnp.float32)
+  kv = blocks[0][0].shape[1]
+  g = n // kv
+  # Rows m = (t, g) of each KV head: both dots are then plain batched matmuls over (b, k) with
+  # operands in their stored layout, which XLA runs without transposing the cache.
+  q_bkmh = q.reshape(b, t, kv, g, h).transpose(0, 2, 1, 3, 4).reshape(b, kv, t * g, h)
+  batch_dims = ((0, 1), (0, 1))
+  scores = []
+  for k, _, mask in blocks:
+    s = jax.lax.dot_general(q_bkmh, k, (((3,), (3,)), batch_dims),
+                            preferred_element_type=jnp.float32) * scale  # [b, k, m, s]
+    if softcap is not None:
+      s = softcap * jnp.tanh(s / softcap)
+    mask_bms = jnp.broadcast_to(mask[:, :, None, :], (b, t, g, mask.shape[-1]))
+    scores.append(jnp.where(mask_bms.reshape(b, 1, t * g, -1), s, _MASKED))
+  probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1)
+  out = 0.0
+  start = 0
+  for k, v, _ in blocks:
+    p = probs[..., start:start + k.shape[2]].astype(v.dtype)
+    start += k.shape[2]
+    out = out + jax.lax.dot_general(p, v, (((3,), (2,)), batch_dims),
+                                    preferred_element_type=jnp.float32)  # [b, k, m, h]
+  out = out.reshape(b, kv, t, g, h).transpose(0, 2, 1, 3, 4)
   return out.reshape(b, t, n, h).astype(q.dtype)
