@@ -14,7 +14,8 @@ import torch
 
 from kdknob_jax.compare.run import DEFAULT_PROMPTS, compare
 from kdknob_jax.compare.torch_side import load_torch_model
-from kdknob_jax.hf import resolve
+from kdknob_jax.decode import GREEDY, generate_ids
+from kdknob_jax.hf import load_model, load_tokenizer, resolve
 
 PROMPTS = DEFAULT_PROMPTS[:3]  # a GSM8K question, an explanation, code
 
@@ -41,3 +42,23 @@ def test_bfloat16_parity(embedded):
   ref16 = copy.deepcopy(ref).to(torch.bfloat16)
   result = compare(name, "bfloat16", PROMPTS, new_tokens=8, torch_model=ref16)
   assert result["overall"]["max_kl"] <= 0.015, result["overall"]
+
+
+@pytest.mark.slow
+def test_batched_greedy_decoder_equals_hf_generate(embedded):
+  """All default prompts in one padded batch against HF `generate` run one prompt at a time."""
+  name, ref = embedded
+  tok = load_tokenizer(name)
+  m = load_model(name)
+  prompts = [tok.encode_prompt(p) for p in DEFAULT_PROMPTS]
+  gen = generate_ids(m.params, m.config, prompts, max_new_tokens=32, sampling=GREEDY,
+                     stop_ids=tok.eos_ids)
+  for i, p in enumerate(prompts):
+    with torch.no_grad():
+      out = ref.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                         do_sample=False, max_new_tokens=32, eos_token_id=list(tok.eos_ids),
+                         pad_token_id=tok.eos_ids[0])
+    new = out[0, len(p):].tolist()
+    stop = next((j for j, t in enumerate(new) if t in tok.eos_ids), None)
+    expect = new if stop is None else new[:stop + 1]
+    assert gen.row_tokens(i) == expect, (name, i, tok.decode(gen.row_tokens(i)), tok.decode(expect))

@@ -47,3 +47,11 @@ def test_core_package_never_imports_torch_or_transformers():
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                         timeout=300, check=False)
   assert "IMPORTED []" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+
+
+def test_decoder_on_simulated_mesh_gives_single_device_tokens(tiny_dir):
+  """data 2 x fsdp 2 x tensor 2: same tokens and log-probs as one device, same key."""
+  proc = subprocess.run([sys.executable, str(HERE / "_decode_mesh_child.py"),
+                         str(tiny_dir("llama"))],
+                        capture_output=True, text=True, timeout=600, check=False)
+  assert "DECODE_MESH_OK" in proc.stdout, proc.stderr[-3000:]

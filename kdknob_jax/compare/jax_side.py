@@ -1,4 +1,4 @@
-"""Our side of the comparison: teacher-forced logits and a cached greedy continuation."""
+"""Our side of the comparison: teacher-forced logits, and greedy continuations by the decoder."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import functools
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from kdknob_jax.models import ModelConfig, forward, init_cache
+from kdknob_jax.decode import GREEDY, generate_ids
+from kdknob_jax.models import ModelConfig, forward
 
 _BUCKET = 16  # prompts are padded to a multiple of this, so few lengths compile
 
@@ -34,22 +34,7 @@ def logits(params: dict, cfg: ModelConfig, ids: Sequence[int]) -> np.ndarray:
   return np.asarray(_logits(params, cfg, tokens, positions))[0, :len(ids)]
 
 
-@functools.partial(jax.jit, static_argnums=1, donate_argnums=4)
-def _step(params, cfg: ModelConfig, tokens, positions, cache):
-  logits, cache = forward(params, cfg, tokens, positions, cache)
-  return logits, cache
-
-
 def greedy(params: dict, cfg: ModelConfig, ids: Sequence[int], new_tokens: int) -> list[int]:
-  """Greedy continuation of exactly `new_tokens` tokens: one prefill, then one-token steps."""
-  tokens, positions = _padded(ids)
-  cache = init_cache(cfg, 1, tokens.shape[1] + new_tokens)
-  logits, cache = _step(params, cfg, tokens, positions, cache)
-  nxt = int(jnp.argmax(logits[0, len(ids) - 1]))
-  out = [nxt]
-  for i in range(1, new_tokens):
-    pos = np.array([[len(ids) + i - 1]], np.int32)
-    logits, cache = _step(params, cfg, np.array([[nxt]], np.int32), pos, cache)
-    nxt = int(jnp.argmax(logits[0, 0]))
-    out.append(nxt)
-  return out
+  """Greedy continuation of exactly `new_tokens` tokens (no stop ids), by the batched decoder."""
+  gen = generate_ids(params, cfg, [list(ids)], max_new_tokens=new_tokens, sampling=GREEDY)
+  return gen.row_tokens(0)
