@@ -1,0 +1,154 @@
+"""Decoding throughput: our decoder against HF transformers `generate`, same weights, same batch.
+
+  python -m kdknob_jax.bench decode [--model smollm2-135m-instruct] [--prompts 16] [--samples 4]
+      [--new-tokens 64] [--temperature 1.0] [--dtype float32] [--repeats 3] [--json OUT]
+
+Both sides sample exactly `--new-tokens` tokens per row at the given temperature with no top-k
+or top-p (HF's default top_k=50 is switched off). Neither stops at EOS: ours runs without stop
+ids, HF gets min_new_tokens, which masks EOS. Each side is warmed up (our compile, torch's
+first call), then timed `--repeats` times; tokens/s is rows x new tokens / wall seconds of a
+whole call (prefill included), and the reported figure is the median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+
+from kdknob_jax.compare.run import DEFAULT_PROMPTS
+from kdknob_jax.decode import SamplingConfig, generate_ids
+from kdknob_jax.hf import load_model, load_tokenizer, resolve
+
+_GSM8K = Path("../shared/data/gsm8k/test.jsonl")
+
+
+def bench_prompts(count: int) -> tuple[list[str], str]:
+  """The first `count` GSM8K test questions when the shared data is there, else our defaults."""
+  if _GSM8K.exists():
+    rows = [json.loads(x) for x in _GSM8K.read_text().splitlines()[:count]]
+    if len(rows) == count:
+      return [r["question"] for r in rows], str(_GSM8K)
+  return [DEFAULT_PROMPTS[i % len(DEFAULT_PROMPTS)] for i in range(count)], "default prompts"
+
+
+def _time(fn, repeats: int) -> list[float]:
+  out = []
+  for i in range(repeats):
+    t0 = time.perf_counter()
+    fn(i)
+    out.append(time.perf_counter() - t0)
+  return out
+
+
+def run_ours(name, dtype, ids, samples, new_tokens, temperature, repeats) -> dict:
+  m = load_model(name, dtype=dtype)
+  sampling = SamplingConfig(temperature)
+
+  def call(seed):
+    gen = generate_ids(m.params, m.config, ids, n=samples, max_new_tokens=new_tokens,
+                       sampling=sampling, key=jax.random.PRNGKey(seed))
+    assert int(gen.lengths.min()) == new_tokens  # no stop ids: every row is full length
+
+  t0 = time.perf_counter()
+  call(1000)
+  warm = time.perf_counter() - t0
+  secs = _time(call, repeats)
+  return {"seconds": secs, "warmup_seconds": warm}
+
+
+def run_hf(source, dtype, ids, samples, new_tokens, temperature, repeats, pad_id) -> dict:
+  """HF generate on the same GGUF weights (transformers' own loader, its default attention)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from transformers import AutoModelForCausalLM  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(os.cpu_count() or 1)
+  torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+  model = AutoModelForCausalLM.from_pretrained(str(source.path.parent), gguf_file=source.path.name,
+                                               dtype=torch.float32).to(torch_dtype).eval()
+  width = max(len(x) for x in ids)
+  input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+  mask = torch.zeros((len(ids), width), dtype=torch.long)
+  for i, x in enumerate(ids):  # HF batches decoder-only prompts with left padding
+    input_ids[i, width - len(x):] = torch.tensor(x)
+    mask[i, width - len(x):] = 1
+
+  def call(seed, tokens=new_tokens):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+      out = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=True,
+                           temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=tokens,
+                           min_new_tokens=tokens, num_return_sequences=samples,
+                           pad_token_id=pad_id)
+    assert out.shape == (len(ids) * samples, width + tokens), out.shape
+
+  t0 = time.perf_counter()
+  call(1000, tokens=4)
+  warm = time.perf_counter() - t0
+  return {"seconds": _time(call, repeats), "warmup_seconds": warm,
+          "attention": model.config._attn_implementation}  # pylint: disable=protected-access
+
+
+def _args(argv):
+  p = argparse.ArgumentParser(prog="python -m kdknob_jax.bench decode", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", default="smollm2-135m-instruct")
+  p.add_argument("--prompts", type=int, default=16)
+  p.add_argument("--samples", type=int, default=4, help="samples per prompt")
+  p.add_argument("--new-tokens", type=int, default=64)
+  p.add_argument("--temperature", type=float, default=1.0)
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--skip-hf", action="store_true", help="time ours only")
+  p.add_argument("--json", help="write every figure here")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = _args(argv)
+  source = resolve(args.model)
+  if source.kind != "gguf" and not args.skip_hf:
+    raise SystemExit("The HF side loads GGUF files; pass an embedded model or --skip-hf.")
+  tok = load_tokenizer(source)
+  texts, prompt_source = bench_prompts(args.prompts)
+  ids = [tok.encode_prompt(t) for t in texts]
+  rows = args.prompts * args.samples
+  tokens = rows * args.new_tokens
+  result = {
+      "benchmark": "decode", "model": args.model, "dtype": args.dtype,
+      "prompts": args.prompts, "samples_per_prompt": args.samples, "rows": rows,
+      "new_tokens": args.new_tokens, "temperature": args.temperature,
+      "prompt_tokens": [len(x) for x in ids], "prompt_source": prompt_source,
+      "repeats": args.repeats, "device": str(jax.devices()[0].device_kind),
+      "cpu_count": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
+  }
+  print(f"decode benchmark: {args.model} {args.dtype}, {args.prompts} prompts x {args.samples} "
+        f"samples, {args.new_tokens} new tokens, T={args.temperature}, on "
+        f"{result['device']} ({os.cpu_count()} CPUs)")
+  ours = run_ours(source, args.dtype, ids, args.samples, args.new_tokens, args.temperature,
+                  args.repeats)
+  result["ours"] = ours | {"tokens_per_s": tokens / statistics.median(ours["seconds"])}
+  print(f"  ours: {result['ours']['tokens_per_s']:8.1f} tokens/s  (runs "
+        f"{', '.join(f'{s:.1f}' for s in ours['seconds'])} s; compile {ours['warmup_seconds']:.1f} s)")
+  if not args.skip_hf:
+    import transformers  # pylint: disable=g-import-not-at-top
+    pad = tok.pad_id if tok.pad_id is not None else tok.eos_ids[0]
+    hf = run_hf(source, args.dtype, ids, args.samples, args.new_tokens, args.temperature,
+                args.repeats, pad)
+    result["hf"] = hf | {"tokens_per_s": tokens / statistics.median(hf["seconds"]),
+                         "transformers": transformers.__version__}
+    result["ratio"] = result["ours"]["tokens_per_s"] / result["hf"]["tokens_per_s"]
+    print(f"  HF generate ({hf['attention']}): {result['hf']['tokens_per_s']:8.1f} tokens/s  (runs "
+          f"{', '.join(f'{s:.1f}' for s in hf['seconds'])} s)")
+    print(f"  ratio ours / HF: {result['ratio']:.2f}x")
+  if args.json:
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1))
+  return 0
+
+
