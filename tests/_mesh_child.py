@@ -1,4 +1,5 @@
-"""Run in a child process with 8 simulated CPU devices (XLA_FLAGS must precede jax import)."""
+"""Checks run in a child process with 8 simulated CPU devices (XLA_FLAGS must precede the jax
+import): `python _mesh_child.py {load,decode} CHECKPOINT_DIR`."""
 import os
 import sys
 
@@ -10,11 +11,13 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from kdknob_jax import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kdknob_jax.decode import GREEDY, SamplingConfig, generate_ids  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kdknob_jax.hf import load_model  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kdknob_jax.models import forward  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def main(path: str) -> None:
+def check_load(path: str) -> None:
+  """Weights load into their shards, and the forward equals one device's."""
   assert jax.device_count() == 8
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": -1})
   sharded = load_model(path, mesh=mesh)
@@ -34,5 +37,22 @@ def main(path: str) -> None:
   print("MESH_OK")
 
 
+def check_decode(path: str) -> None:
+  """The decoder on the mesh gives one device's tokens and log-probs with the same key."""
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": -1})
+  sharded = load_model(path, mesh=mesh)
+  single = load_model(path)
+  rng = np.random.default_rng(0)
+  prompts = [rng.integers(0, 256, n).tolist() for n in (4, 9, 13)]
+  for sampling in (GREEDY, SamplingConfig(1.0, top_k=50, top_p=0.95)):
+    kw = dict(n=2, max_new_tokens=12, sampling=sampling, key=jax.random.PRNGKey(5))
+    a = generate_ids(sharded.params, sharded.config, prompts, mesh=mesh, **kw)
+    b = generate_ids(single.params, single.config, prompts, **kw)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_array_equal(a.lengths, b.lengths)
+    np.testing.assert_allclose(a.model_logprobs, b.model_logprobs, atol=1e-5, rtol=0)
+  print("DECODE_MESH_OK")
+
+
 if __name__ == "__main__":
-  main(sys.argv[1])
+  {"load": check_load, "decode": check_decode}[sys.argv[1]](sys.argv[2])

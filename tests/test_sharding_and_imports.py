@@ -15,7 +15,8 @@ HERE = Path(__file__).parent
 
 
 def test_sharded_load_on_simulated_mesh_matches_single_device(tiny_dir):
-  proc = subprocess.run([sys.executable, str(HERE / "_mesh_child.py"), str(tiny_dir("llama"))],
+  proc = subprocess.run([sys.executable, str(HERE / "_mesh_child.py"), "load",
+                         str(tiny_dir("llama"))],
                         capture_output=True, text=True, timeout=300, check=False)
   assert "MESH_OK" in proc.stdout, proc.stderr[-3000:]
 
@@ -39,6 +40,8 @@ def test_core_package_never_imports_torch_or_transformers():
       "import sys\n"
       "import kdknob_jax, kdknob_jax.models, kdknob_jax.hf, kdknob_jax.sharding\n"
       "import kdknob_jax.compare, kdknob_jax.compare.run, kdknob_jax.compare.jax_side\n"
+      "import kdknob_jax.decode, kdknob_jax.decode.text, kdknob_jax.generate\n"
+      "import kdknob_jax.bench.decode\n"
       "from kdknob_jax.hf import load_model, load_tokenizer\n"
       "m = load_model('smollm2-135m-instruct'); t = load_tokenizer('smollm2-135m-instruct')\n"
       "assert t.encode('Hello world') == [19556, 905], t.encode('Hello world')\n"
@@ -51,7 +54,7 @@ def test_core_package_never_imports_torch_or_transformers():
 
 def test_decoder_on_simulated_mesh_gives_single_device_tokens(tiny_dir):
   """data 2 x fsdp 2 x tensor 2: same tokens and log-probs as one device, same key."""
-  proc = subprocess.run([sys.executable, str(HERE / "_decode_mesh_child.py"),
+  proc = subprocess.run([sys.executable, str(HERE / "_mesh_child.py"), "decode",
                          str(tiny_dir("llama"))],
                         capture_output=True, text=True, timeout=600, check=False)
   assert "DECODE_MESH_OK" in proc.stdout, proc.stderr[-3000:]
