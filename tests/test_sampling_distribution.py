@@ -42,7 +42,7 @@ def test_first_token_frequencies_match_exact_distribution(model_and_logits, cfg)
   kept = exact > 0
   assert counts[~kept].sum() == 0, "a filtered-out token was sampled"
   if cfg.top_k:
-    assert kept.sum() <= max(cfg.top_k, 1) + 2  # ties aside, at most k survive
+    assert kept.sum() <= cfg.top_k  # float logits: no ties at the k-th value here
   # Pool the rarest outcomes so every expected count is at least 5 (chi-square validity).
   order = np.argsort(exact[kept])
   exp_k, obs_k = exact[kept][order] * DRAWS, counts[kept][order]

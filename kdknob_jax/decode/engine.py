@@ -170,16 +170,14 @@ def _decode_body(params, prompt_bp, lengths_b, live_b, prompt_ids_b, key, cfg, n
     return dict(state, step=step + 1)
 
   state = jax.lax.while_loop(cond, body, state)
-  stopped = (state["new_lengths"] > 0) & jnp.isin(
-      jnp.take_along_axis(state["tokens"], jnp.maximum(state["new_lengths"] - 1, 0)[:, None],
-                          axis=1)[:, 0], stops)
+  # A live row is done only by emitting a stop id; rows that hit max_new_tokens are not done.
   return {k: state[k] for k in ("tokens", "logprobs", "model_logprobs", "new_lengths")} | {
-      "stopped": stopped}
+      "stopped": state["done"] & live_r}
 
 
 def check_prompts(prompts: Sequence[Sequence[int]], cfg: ModelConfig, max_new_tokens: int,
-                  max_prompt_tokens: int | None) -> int:
-  """Validates a batch of prompt ids; returns the effective maximum prompt length.
+                  max_prompt_tokens: int | None) -> None:
+  """Validates a batch of prompt ids against the model and the length limit.
 
   Raises:
     ValueError: naming the problem and the fix.
@@ -203,7 +201,6 @@ def check_prompts(prompts: Sequence[Sequence[int]], cfg: ModelConfig, max_new_to
     if bad:
       raise ValueError(f"Prompt {i} holds token id {bad[0]} outside the vocabulary "
                        f"[0, {cfg.vocab_size}); was it encoded with another model's tokenizer?")
-  return limit
 
 
 def generate_ids(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,

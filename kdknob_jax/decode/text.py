@@ -11,7 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kdknob_jax import sharding as sharding_lib
-from kdknob_jax.decode.engine import Generation, generate_ids
+from kdknob_jax.decode.engine import Generation, check_prompts, generate_ids
 from kdknob_jax.decode.sampling import SamplingConfig
 from kdknob_jax.hf.load import LoadedModel
 from kdknob_jax.hf.tokenizer import Tokenizer
@@ -92,9 +92,9 @@ def generate_text(model: LoadedModel, tokenizer: Tokenizer, prompts: Sequence[Pr
   """
   if prompts_per_call < 1:
     raise ValueError(f"prompts_per_call must be >= 1, got {prompts_per_call}.")
-  if len(prompts) == 0:
-    raise ValueError("The batch holds no prompts: pass at least one prompt.")
   ids = encode_prompts(tokenizer, prompts, chat)
+  # Every chunk is checked before the first one runs, so bad input costs no decoding.
+  check_prompts(ids, model.config, max_new_tokens, max_prompt_tokens)
   stops = tokenizer.eos_ids if stop_ids is None else tuple(stop_ids)
   pad = tokenizer.pad_id if tokenizer.pad_id is not None else (stops[0] if stops else 0)
   key = jax.random.PRNGKey(0) if key is None else key

@@ -92,18 +92,17 @@ class Block(nn.Module):
     if cfg.sliding_window is not None:
       window = jnp.where(sliding, cfg.sliding_window, _NO_WINDOW)
     q_pos = shared["q_pos"]
-    new_cache = {}
+    new_cache, blocks = {}, []
     # Keys and values go to [B, K, T, H], the cache's layout: batch dims leading, so the
     # attention dots read the cache in place with no transpose.
     k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
     if "k" in layer:
-      k, v = k.astype(layer["k"].dtype), v.astype(layer["v"].dtype)
-      new_cache = {"k": k, "v": v}
-    blocks = [(k, v, attention_mask(q_pos, q_pos, window))]
-    if "k" in layer:
       # The cache is only read here and written once after all layers (see `Decoder`), so a
       # decode step never copies it; the new keys are a second block of the same softmax.
-      blocks.insert(0, (layer["k"], layer["v"], attention_mask(q_pos, shared["k_pos"], window)))
+      k, v = k.astype(layer["k"].dtype), v.astype(layer["v"].dtype)
+      new_cache = {"k": k, "v": v}
+      blocks.append((layer["k"], layer["v"], attention_mask(q_pos, shared["k_pos"], window)))
+    blocks.append((k, v, attention_mask(q_pos, q_pos, window)))
     o = attention(q, blocks, cfg.query_scale, cfg.attn_logit_softcap)
     attn_out = _proj("btnh,nhd->btd", o, wo)
     if cfg.gemma:
