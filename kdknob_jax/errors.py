@@ -19,3 +19,7 @@ class CheckpointMismatchError(KdknobError, ValueError):
 
 class TokenizerNotFoundError(KdknobError, FileNotFoundError):
   """A checkpoint that has no tokenizer files."""
+
+
+class DataError(KdknobError, ValueError):
+  """A dataset file, row or field that cannot be used."""

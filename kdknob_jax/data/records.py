@@ -1,0 +1,193 @@
+"""Loading evaluation rows from a local file or a cached Hugging Face dataset.
+
+A source is, in this order: a `.jsonl`, `.json` or `.parquet` file (a path relative to the
+working directory or to `data_root()`), a directory holding `<split>.jsonl|json|parquet`, or a
+Hugging Face `datasets` name ("name" or "name:config") that is already in the local cache.
+Every row comes back as a plain dict; nothing here knows what the fields mean (see tasks.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from kdknob_jax.errors import DataError
+
+SUFFIXES = (".jsonl", ".json", ".parquet")
+DEFAULT_SPLIT = "test"
+
+
+def data_root() -> Path:
+  """The folder that relative dataset paths are also looked up in.
+
+  Returns:
+    `$KDKNOB_DATA` when set, else `<repo root>/../shared/data`, where the repo root is the
+    directory that holds the `kdknob_jax` package. The folder may not exist (a user's machine).
+  """
+  env = os.environ.get("KDKNOB_DATA")
+  if env:
+    return Path(env).expanduser()
+  repo_root = Path(__file__).resolve().parents[2]
+  return repo_root.parent / "shared" / "data"
+
+
+def _candidates(source: str) -> list[Path]:
+  path = Path(source).expanduser()
+  if path.is_absolute():
+    return [path]
+  return [path, data_root() / path]
+
+
+def _in_directory(directory: Path, split: str | None) -> Path:
+  """`<split>.<suffix>` inside a dataset folder such as gsm8k/."""
+  split = split or DEFAULT_SPLIT
+  for suffix in SUFFIXES:
+    candidate = directory / f"{split}{suffix}"
+    if candidate.is_file():
+      return candidate
+  present = sorted(p.name for p in directory.iterdir() if p.suffix in SUFFIXES)
+  raise DataError(f"{directory} is a directory with no {split}.jsonl, {split}.json or "
+                  f"{split}.parquet; files there: {present or 'none'}. Pass one of them, or a "
+                  f"split= that names one.")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+  rows = []
+  with path.open(encoding="utf-8") as f:
+    for lineno, line in enumerate(f, start=1):
+      if not line.strip():
+        continue  # a trailing newline or spacer line is common and harmless
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg}, column {e.colno}). Each line of "
+                        f"a .jsonl file must be one complete JSON object; fix or delete that "
+                        f"line.") from e
+      if not isinstance(row, dict):
+        raise DataError(f"{path}:{lineno}: expected a JSON object ({{...}}), got "
+                        f"{type(row).__name__}. Each line must hold one row as an object.")
+      rows.append(row)
+  return rows
+
+
+def _read_json(path: Path) -> list[dict]:
+  try:
+    data = json.loads(path.read_text(encoding="utf-8"))
+  except json.JSONDecodeError as e:
+    raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno}). A .json "
+                    f"dataset must be a list of objects; for one object per line name the "
+                    f"file .jsonl.") from e
+  if not isinstance(data, list):
+    raise DataError(f"{path}: expected a JSON list of row objects at the top level, got "
+                    f"{type(data).__name__}. Wrap the rows in [...] or use .jsonl.")
+  for i, row in enumerate(data):
+    if not isinstance(row, dict):
+      # json has no cheap per-element line numbers, so name the list position instead
+      raise DataError(f"{path}: element {i} of the list is {type(row).__name__}, not a JSON "
+                      f"object. Every row must be an object ({{...}}).")
+  return data
+
+
+def _read_parquet(path: Path) -> list[dict]:
+  try:
+    import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise DataError(f"Reading {path} needs pyarrow: `pip install pyarrow`.") from e
+  try:
+    table = pq.read_table(path)
+  except Exception as e:  # pyarrow raises several unrelated types for a damaged file
+    raise DataError(f"{path}: not a readable Parquet file ({e}). Re-export it, or convert it "
+                    f"to .jsonl.") from e
+  return table.to_pylist()
+
+
+def _read_file(path: Path) -> list[dict]:
+  suffix = path.suffix.lower()
+  if suffix == ".jsonl":
+    return _read_jsonl(path)
+  if suffix == ".json":
+    return _read_json(path)
+  if suffix == ".parquet":
+    return _read_parquet(path)
+  raise DataError(f"{path}: unknown file type {suffix or '(no suffix)'!r}; use one of "
+                  f"{', '.join(SUFFIXES)}.")
+
+
+def _read_hf(source: str, split: str | None, tried: list[Path]) -> list[dict]:
+  name, _, config = source.partition(":")
+  split = split or DEFAULT_SPLIT
+  tried_text = ", ".join(str(p) for p in tried)
+  try:
+    import datasets  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise DataError(f"{source!r} is not a file (tried {tried_text}) and the `datasets` package "
+                    f"is not installed to load it as a Hugging Face dataset: "
+                    f"`pip install datasets`, or pass a .jsonl/.json/.parquet path.") from e
+  try:
+    ds = datasets.load_dataset(name, config or None, split=split)
+  except Exception as e:  # datasets raises many types (hub, cache, config errors)
+    raise DataError(f"{source!r} is not a file (tried {tried_text}) and loading it as the "
+                    f"Hugging Face dataset {name!r} (config {config or None!r}, split {split!r}) "
+                    f"failed: {type(e).__name__}: {e}. There is no network here, so a dataset "
+                    f"name only works when it is already in the local HF cache; otherwise pass "
+                    f"a local .jsonl/.json/.parquet file.") from e
+  if hasattr(ds, "to_list"):
+    return ds.to_list()
+  return [dict(row) for row in ds]
+
+
+def _resolve(source: str, split: str | None) -> tuple[Path | None, list[Path]]:
+  tried = _candidates(source)
+  for path in tried:
+    if path.is_file():
+      return path, tried
+    if path.is_dir():
+      return _in_directory(path, split), tried
+  return None, tried
+
+
+def load_records(source: str, split: str | None = None, limit: int | None = None,
+                 offset: int = 0) -> list[dict[str, Any]]:
+  """Rows of a dataset as dicts.
+
+  Args:
+    source: a `.jsonl`, `.json` or `.parquet` path (relative to the working directory, or else
+      to `data_root()`, e.g. "gsm8k/test.jsonl"), a dataset directory, or a Hugging Face
+      `datasets` name, optionally "name:config", that is present in the local cache.
+    split: the split of a Hugging Face dataset, or the file stem inside a directory; "test"
+      when None. Ignored for a file path.
+    limit: keep at most this many rows (None: all).
+    offset: skip this many rows first; the result is rows[offset:offset + limit].
+
+  Returns:
+    A non-empty list of dicts, one per row, in file order.
+
+  Raises:
+    DataError: the source cannot be found or read, a row is not a JSON object, a line is not
+      valid JSON (the message gives file:line), or the selection is empty.
+  """
+  if offset < 0:
+    raise DataError(f"offset must be >= 0, got {offset}.")
+  if limit is not None and limit < 1:
+    raise DataError(f"limit must be a positive number of rows or None, got {limit}.")
+  path, tried = _resolve(str(source), split)
+  if path is not None:
+    rows = _read_file(path)
+    where = str(path)
+  elif Path(source).suffix.lower() in SUFFIXES:
+    # A file name is never a hub id; trying one would only add a slow, confusing hub error.
+    raise DataError(f"Dataset file {source!r} not found; tried "
+                    f"{', '.join(str(p) for p in tried)}. It is not tried as a Hugging Face "
+                    f"dataset name because it ends in {Path(source).suffix}. Check the path, or "
+                    f"set $KDKNOB_DATA to the folder holding your data.")
+  else:
+    rows = _read_hf(str(source), split, tried)
+    where = f"Hugging Face dataset {source!r}"
+  total = len(rows)
+  rows = rows[offset:] if limit is None else rows[offset:offset + limit]
+  if not rows:
+    raise DataError(f"{where}: no rows selected ({total} rows in all, offset={offset}, "
+                    f"limit={limit}). Use a smaller offset, or a source that has rows.")
+  return rows
