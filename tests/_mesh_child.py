@@ -5,6 +5,9 @@ import sys
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 
+import re  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import flax.linen as nn  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -14,6 +17,7 @@ from kdknob_jax import sharding  # pylint: disable=g-import-not-at-top,wrong-imp
 from kdknob_jax.decode import GREEDY, SamplingConfig, generate_ids  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kdknob_jax.hf import load_model  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kdknob_jax.models import forward  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kdknob_jax.ops.fused_kl import HeadSpec, fused_divergence  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def check_load(path: str) -> None:
@@ -54,5 +58,39 @@ def check_decode(path: str) -> None:
   print("DECODE_MESH_OK")
 
 
+def check_fused(_: str) -> None:
+  """The fused divergence with the vocabulary sharded over tensor: one device's value and
+  gradients, and no all-gather that rebuilds a full-vocabulary array."""
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": -1})
+  rng = np.random.default_rng(0)
+  n, d, v = 96, 32, 1000
+  hs, ht = (jnp.asarray(rng.normal(size=(n, d)), jnp.float32) for _ in range(2))
+  ws = jnp.asarray(rng.normal(size=(v, d)) * 0.5, jnp.float32)  # tied student: [V, D]
+  wt = jnp.asarray(rng.normal(size=(d, v)) * 0.5, jnp.float32)
+  weights = jnp.full((n,), 1.0 / n, jnp.float32)
+
+  def loss(a, b, c, d):
+    return fused_divergence(a, b, c, d, weights, kind="jsd", coef=0.4, chunk_size=16,
+                            student_spec=HeadSpec(tied=True))
+
+  step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+  ref_v, ref_g = step(hs, ws, ht, wt)
+  put = lambda x, spec: jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))  # pylint: disable=unnecessary-lambda-assignment
+  args = (put(hs, P("data", None)), put(ws, P("tensor", None)), put(ht, P("data", None)),
+          put(wt, P(None, "tensor")))
+  with mesh, nn.logical_axis_rules(sharding.DEFAULT_RULES):
+    compiled = step.lower(*args).compile()
+    val, grads = compiled(*args)
+  np.testing.assert_allclose(float(val), float(ref_v), rtol=1e-5)
+  for a, b in zip(grads, ref_g):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5 * float(jnp.abs(b).max()))
+  assert grads[1].sharding.spec[0] == "tensor", grads[1].sharding
+  # Per-device HLO shapes: a full-vocabulary dimension anywhere would mean some device holds
+  # whole [C, V] logits (or a gathered head).
+  full_vocab = re.findall(rf"[a-z0-9]+\[[0-9,]*\b{v}\b[0-9,]*\]", compiled.as_text())
+  assert not full_vocab, full_vocab[:5]
+  print("FUSED_MESH_OK")
+
+
 if __name__ == "__main__":
-  {"load": check_load, "decode": check_decode}[sys.argv[1]](sys.argv[2])
+  {"load": check_load, "decode": check_decode, "fused": check_fused}[sys.argv[1]](sys.argv[2])

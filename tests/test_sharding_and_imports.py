@@ -41,6 +41,7 @@ def test_core_package_never_imports_torch_or_transformers():
       "import kdknob_jax, kdknob_jax.models, kdknob_jax.hf, kdknob_jax.sharding\n"
       "import kdknob_jax.compare, kdknob_jax.compare.run, kdknob_jax.compare.jax_side\n"
       "import kdknob_jax.decode, kdknob_jax.decode.text, kdknob_jax.generate\n"
+      "import kdknob_jax.ops.kl, kdknob_jax.ops.fused_kl, kdknob_jax.data\n"
       "import kdknob_jax.bench.decode\n"
       "from kdknob_jax.hf import load_model, load_tokenizer\n"
       "m = load_model('smollm2-135m-instruct'); t = load_tokenizer('smollm2-135m-instruct')\n"
@@ -58,3 +59,10 @@ def test_decoder_on_simulated_mesh_gives_single_device_tokens(tiny_dir):
                          str(tiny_dir("llama"))],
                         capture_output=True, text=True, timeout=600, check=False)
   assert "DECODE_MESH_OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_fused_divergence_on_simulated_mesh_keeps_the_vocabulary_sharded():
+  """data 2 x tensor 4: one device's value and gradients; no device holds a [.., V] array."""
+  proc = subprocess.run([sys.executable, str(HERE / "_mesh_child.py"), "fused", "-"],
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert "FUSED_MESH_OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
