@@ -23,3 +23,7 @@ class TokenizerNotFoundError(KdknobError, FileNotFoundError):
 
 class DataError(KdknobError, ValueError):
   """A dataset file, row or field that cannot be used."""
+
+
+class ConfigError(KdknobError, ValueError):
+  """A config value or combination of values that cannot run."""
