@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_MODEL ?= smollm2-135m-instruct
 
-.PHONY: install demo test clean
+.PHONY: install demo pilot test clean
 
 install: $(STAMP)
 
@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml Makefile
 
 demo: install
 	$(BIN)/python -m kdknob_jax.compare --model $(DEMO_MODEL) --json out/compare_$(DEMO_MODEL).json
+
+pilot: install
+	$(BIN)/python -m kdknob_jax.pilot --config configs/pilot_embedded.py --workdir out/pilot_embedded
 
 test: install
 	$(BIN)/python -m pytest -q tests

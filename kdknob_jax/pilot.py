@@ -34,6 +34,54 @@ from kdknob_jax.models.derive import first_layers
 _PROBE = "The pilot checks 12,345 tokenizers: naïve café — ∑ ok?"
 
 
+def base_config():
+  """The pilot's defaults (the paper's sampling: 16 rollouts, T = 1.0, no top-k / top-p).
+  Configs in `configs/pilot_*.py` start from this and set the pair and the datasets."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  c = ml_collections.ConfigDict()
+  c.teacher = ""
+  c.student = ""
+  c.student_layers = 0  # >0 derives the student from the first layers of `student`
+  c.dtype = "float32"
+  c.datasets = []  # dicts: name, task, source (+ split, offset, limit, max_new_tokens)
+  c.rollouts = 16
+  c.temperature = 1.0
+  c.top_k = 0
+  c.top_p = 1.0
+  c.max_new_tokens = 512  # for datasets that do not set their own
+  c.top_ks = (1, 10, 100, 1000)  # the full vocabulary is always added
+  c.seed = 0
+  c.chat = True
+  c.prompts_per_call = 4
+  c.score_rows = 32
+  c.mesh = {}  # e.g. {"fsdp": -1} or {"data": 2, "tensor": 4}
+  return c
+
+
+def paper_config(student: str, teacher: str, arg: str | None = None):
+  """A pilot of one of the paper's pairs on GSM8K and CommonsenseQA, bfloat16, FSDP over every
+  device (8×H100 or a TPU slice); `arg="smoke"` shrinks it to 2 prompts × 2 rollouts."""
+  c = base_config()
+  c.student, c.teacher = student, teacher
+  c.dtype = "bfloat16"
+  c.datasets = [
+      dict(name="gsm8k", task="gsm8k", source="gsm8k/test.jsonl", offset=0, limit=256,
+           max_new_tokens=1024),
+      dict(name="commonsenseqa", task="commonsenseqa", source="commonsenseqa/sample200.jsonl",
+           offset=0, limit=200, max_new_tokens=512),
+  ]
+  c.prompts_per_call = 16
+  c.score_rows = 64
+  c.mesh = {"fsdp": -1}
+  if arg == "smoke":
+    for d in c.datasets:
+      d.update(limit=2, max_new_tokens=16)
+    c.rollouts = 2
+  elif arg:
+    raise ValueError(f"Unknown config argument {arg!r}; the only one is 'smoke'.")
+  return c
+
+
 def _load_pair(config, mesh):
   """(student, teacher) as LoadedModel, and the shared tokenizer."""
   teacher = load_model(config.teacher, dtype=config.dtype, mesh=mesh)
@@ -98,8 +146,9 @@ def run(config, workdir: str | Path, progress: bool = True) -> dict[str, Path]:
     task = get_task(d["task"])
     task.check_records(records)
     loaded.append((d, records, task))
-  total = sum(2 * len(r) * (1 + config.rollouts) for _, r, _ in loaded)
-  bar = tqdm(total=total, desc="pilot", unit="step", disable=not progress)
+  # One unit per sampled or scored completion: both stages cost about the same per row.
+  total = sum(4 * len(r) * config.rollouts for _, r, _ in loaded)
+  bar = tqdm(total=total, desc="pilot", unit="seq", disable=not progress)
   for di, (d, records, task) in enumerate(loaded):
     name, max_new = d["name"], int(d.get("max_new_tokens", config.max_new_tokens))
     prompts = [task.prompt(r) for r in records]
@@ -112,7 +161,7 @@ def run(config, workdir: str | Path, progress: bool = True) -> dict[str, Path]:
                           sampling=sampling, key=jax.random.fold_in(key, 2 * di + si), chat=chat,
                           prompts_per_call=config.prompts_per_call, mesh=mesh, progress=False)
       timings[f"{name}/{side}/sample_s"] = time.perf_counter() - t0
-      bar.update(len(prompts))
+      bar.update(len(prompts) * config.rollouts)
       flat = [s for per_prompt in out for s in per_prompt]
       correct = [task.is_correct(s.text, records[s.prompt_index]) for s in flat]
       sides[side] = (flat, correct)
@@ -128,7 +177,8 @@ def run(config, workdir: str | Path, progress: bool = True) -> dict[str, Path]:
       timings[f"{name}/{side}/score_s"] = time.perf_counter() - t0
     (s_flat, s_correct), (t_flat, t_correct) = sides["student"], sides["teacher"]
     rows.append(table_row(name, scores["student"], scores["teacher"], s_correct, t_correct,
-                          [s.prompt_index for s in s_flat], len(records), config.rollouts))
+                          [s.prompt_index for s in s_flat], [s.prompt_index for s in t_flat],
+                          len(records), config.rollouts))
     panels[f"{name} RKL, student samples"] = tail_figure_data(scores["student"])
     panels[f"{name} FKL, teacher samples"] = tail_figure_data(scores["teacher"])
     for side in ("student", "teacher"):

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from kdknob_jax.diagnostics import (off_policy_sequence_kl, score_sequences, score_tokens,
                                     spearman, tail_statistics, wrong_trace_preference)
-from kdknob_jax.models import ModelConfig, forward, init_params
+from kdknob_jax.models import ModelConfig, abstract_params, forward, init_params
 from kdknob_jax.models.derive import first_layers
 from kdknob_jax.ops import kl
 from kdknob_jax.ops.fused_kl import HeadSpec
@@ -71,11 +71,18 @@ def test_score_sequences_equals_a_plain_full_forward(tiny_pair):
           for i, m in [(0, 7), (1, 12), (0, 1), (0, 5), (2, 9), (0, 20), (1, 3), (0, 2)]]
   got = score_sequences((sp, scfg), (tp, tcfg), seqs, ks=(1, 8), direction="rkl",
                         rows_per_call=4)
+  # Reference: every sequence whole in one right-padded batch (padding has position -1).
+  width = max(len(p) + len(c) for p, c in seqs)
+  tokens = np.zeros((len(seqs), width), np.int32)
+  positions = np.full((len(seqs), width), -1, np.int32)
   for i, (p, c) in enumerate(seqs):
-    full = jnp.asarray([p + c], jnp.int32)
-    zs = forward(sp, scfg, full)[0][:, len(p) - 1:-1]
-    zt = forward(tp, tcfg, full)[0][:, len(p) - 1:-1]
-    toks = jnp.asarray([c])
+    tokens[i, :len(p) + len(c)] = p + c
+    positions[i, :len(p) + len(c)] = np.arange(len(p) + len(c))
+  run = jax.jit(lambda prm, cfg=None: forward(prm, cfg, tokens, positions)[0], static_argnums=1)
+  zs_all, zt_all = run(sp, scfg), run(tp, tcfg)
+  for i, (p, c) in enumerate(seqs):
+    sl = slice(len(p) - 1, len(p) + len(c) - 1)
+    zs, zt, toks = zs_all[i:i + 1, sl], zt_all[i:i + 1, sl], jnp.asarray([c])
     np.testing.assert_allclose(got.logp_student[i], float(kl.realized_logprobs(zs, toks).sum()),
                                rtol=1e-4)
     np.testing.assert_allclose(got.logp_teacher[i], float(kl.realized_logprobs(zt, toks).sum()),
@@ -92,7 +99,7 @@ def test_score_sequences_rejects_mismatched_vocabularies(tiny_pair):
   (sp, scfg), _ = tiny_pair
   other = ModelConfig.from_hf(dict(TINY["llama"], vocab_size=300))
   with pytest.raises(ValueError, match="one vocabulary"):
-    score_sequences((sp, scfg), (init_params(other, jax.random.PRNGKey(1)), other),
+    score_sequences((sp, scfg), (abstract_params(other), other),
                     [([1, 2], [3])])
 
 

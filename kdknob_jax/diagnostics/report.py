@@ -21,7 +21,8 @@ COLUMNS = (
     ("teacher_accuracy", "teacher acc", "{:.3f}"),
     ("token_rkl_on", "token RKL (on-policy, per token)", "{:.4f}"),
     ("seq_rkl_on", "seq RKL (on-policy)", "±"),
-    ("wrong_preference", "wrong-trace pref.", "{:.1%}"),
+    ("wrong_preference", "wrong-trace pref. (student samples)", "{:.1%}"),
+    ("wrong_preference_all", "wrong-trace pref. (both models' samples)", "{:.1%}"),
     ("token_fkl_off", "token FKL (off-policy, per token)", "{:.4f}"),
     ("seq_rkl_off", "seq RKL (off-policy, IS)", "±"),
     ("seq_rkl_off_k3", "seq RKL (off-policy, K3)", "±"),
@@ -47,7 +48,9 @@ def table_markdown(rows: Sequence[dict[str, Any]]) -> str:
     lines.append("| " + " | ".join(_fmt(row, k, f) for k, _, f in COLUMNS) + " |")
   notes = [f"- {r['dataset']}: {r['prompts']} prompts × {r['rollouts']} rollouts per model; "
            f"wrong-trace preference over {r['wrong_pairs']} (correct, wrong) pairs from "
-           f"{r['wrong_prompts']} prompts" for r in rows]
+           f"{r['wrong_prompts']} prompts among the student's samples, {r['wrong_pairs_all']} "
+           f"pairs from {r['wrong_prompts_all']} prompts among both models' samples"
+           for r in rows]
   return "\n".join(lines + [""] + notes) + "\n"
 
 
@@ -75,6 +78,7 @@ def plot_tails(path: Path, panels: dict[str, dict[str, Any]]) -> None:
   (dataset, direction) and one column per top-k level."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
+  import matplotlib.ticker  # pylint: disable=g-import-not-at-top
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   names = list(panels)
   cols = max(len(p["levels"]) for p in panels.values())
@@ -88,6 +92,7 @@ def plot_tails(path: Path, panels: dict[str, dict[str, Any]]) -> None:
       ax.scatter(x, y, s=3, alpha=0.4, rasterized=True,
                  c=np.where(y >= 0, "tab:blue", "tab:red"))
       ax.set_xscale("log")
+      ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
       ax.set_yscale("symlog", linthresh=1e-4)
       k = level["k"]
       title = f"top-{k}" if c < len(panels[name]["levels"]) - 1 else f"all {k}"

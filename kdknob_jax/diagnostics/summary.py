@@ -111,7 +111,8 @@ def tail_statistics(scores: SequenceScores) -> list[dict[str, float]]:
 
 def table_row(name: str, on_policy: SequenceScores, off_policy: SequenceScores,
               student_correct: Sequence[bool], teacher_correct: Sequence[bool],
-              student_prompt: Sequence[int], prompts: int, rollouts: int) -> dict[str, float]:
+              student_prompt: Sequence[int], teacher_prompt: Sequence[int], prompts: int,
+              rollouts: int) -> dict[str, float]:
   """One Table-1 row for a dataset.
 
   Args:
@@ -121,17 +122,23 @@ def table_row(name: str, on_policy: SequenceScores, off_policy: SequenceScores,
     student_correct: [S] verifier result of each student sample.
     teacher_correct: [S'] the same for the teacher's samples.
     student_prompt: [S] prompt index of each student sample.
+    teacher_prompt: [S'] the same for the teacher's samples.
     prompts: prompts in the dataset run.
     rollouts: samples per prompt and model.
 
   Returns:
     Accuracies; on-policy token RKL per token; on-policy sequence RKL with its standard error
-    and the wrong-trace preference; off-policy token FKL per token; off-policy sequence RKL
+    and the wrong-trace preference among the student's samples and among both models' samples
+    of a prompt (the loss is log π_student − log π_teacher either way); off-policy token FKL per token; off-policy sequence RKL
     (importance weighted) in its k1 and k3 forms with standard errors and the ESS share.
   """
   seq_rkl = on_policy.logp_student - on_policy.logp_teacher
   m, se = mean_and_se(seq_rkl)
   pref = wrong_trace_preference(seq_rkl, np.asarray(student_correct), np.asarray(student_prompt))
+  pooled = wrong_trace_preference(
+      np.concatenate([seq_rkl, off_policy.logp_student - off_policy.logp_teacher]),
+      np.concatenate([np.asarray(student_correct, bool), np.asarray(teacher_correct, bool)]),
+      np.concatenate([np.asarray(student_prompt), np.asarray(teacher_prompt)]))
   off = off_policy_sequence_kl(off_policy.logp_student, off_policy.logp_teacher)
   tokens_on = max(int(on_policy.lengths.sum()), 1)
   tokens_off = max(int(off_policy.lengths.sum()), 1)
@@ -142,7 +149,8 @@ def table_row(name: str, on_policy: SequenceScores, off_policy: SequenceScores,
       "token_rkl_on": float(on_policy.rkl.sum()) / tokens_on,
       "seq_rkl_on": m, "seq_rkl_on_se": se,
       "wrong_preference": pref["share"], "wrong_pairs": pref["pairs"],
-      "wrong_prompts": pref["prompts"],
+      "wrong_prompts": pref["prompts"], "wrong_preference_all": pooled["share"],
+      "wrong_pairs_all": pooled["pairs"], "wrong_prompts_all": pooled["prompts"],
       "token_fkl_off": float(off_policy.fkl.sum()) / tokens_off,
       "seq_rkl_off": off["k1"], "seq_rkl_off_se": off["k1_se"],
       "seq_rkl_off_k3": off["k3"], "seq_rkl_off_k3_se": off["k3_se"],
