@@ -8,7 +8,7 @@ CommonsenseQA sample). Wall time on this 2-core CPU: README, "Pilot study".
 `--config configs/pilot_embedded.py:smoke` shrinks it to 2 prompts x 2 rollouts x 8 tokens.
 """
 
-from kdknob_jax.pilot import base_config
+from kdknob_jax.pilot import apply_arg, base_config
 
 
 def get_config(arg: str | None = None):
@@ -23,10 +23,4 @@ def get_config(arg: str | None = None):
       dict(name="gsm8k", task="gsm8k", source="gsm8k/test.jsonl", offset=0, limit=3,
            max_new_tokens=96),
   ]
-  if arg == "smoke":
-    for d in c.datasets:
-      d.update(limit=2, max_new_tokens=8)
-    c.rollouts = 2
-  elif arg:
-    raise ValueError(f"Unknown config argument {arg!r}; the only one is 'smoke'.")
-  return c
+  return apply_arg(c, arg, smoke_tokens=8)

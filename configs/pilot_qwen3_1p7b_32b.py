@@ -1,11 +1,12 @@
 """Pilot study of a paper pair: Qwen3-1.7B student, Qwen3-32B teacher (Table 1, Figure 2).
 
-The weights load from the local Hugging Face cache (`huggingface-cli download Qwen/Qwen3-32B` and
-`Qwen/Qwen3-1.7B` on a machine with network first). bfloat16, FSDP over every device:
-
-  python -m kdknob_jax.pilot --config configs/pilot_qwen3_1p7b_32b.py --workdir runs/pilot_qwen3_1p7b_32b
-
-`:smoke` after the file name shrinks it to 2 prompts x 2 rollouts x 16 tokens.
+The weights load from the local Hugging Face cache; fetch them first on a machine with network:
+  huggingface-cli download Qwen/Qwen3-1.7B
+  huggingface-cli download Qwen/Qwen3-32B
+Then (bfloat16, FSDP over every device):
+  python -m kdknob_jax.pilot --config configs/pilot_qwen3_1p7b_32b.py \
+      --workdir runs/pilot_qwen3_1p7b_32b
+A `:smoke` suffix on the file name shrinks it to 2 prompts x 2 rollouts x 16 tokens.
 """
 
 from kdknob_jax.pilot import paper_config

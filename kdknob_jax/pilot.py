@@ -73,9 +73,15 @@ def paper_config(student: str, teacher: str, arg: str | None = None):
   c.prompts_per_call = 16
   c.score_rows = 64
   c.mesh = {"fsdp": -1}
+  return apply_arg(c, arg, smoke_tokens=16)
+
+
+def apply_arg(c, arg: str | None, smoke_tokens: int):
+  """A config file's `:arg`: "smoke" shrinks every dataset to 2 prompts × 2 rollouts of
+  `smoke_tokens` tokens; None keeps the config; anything else is an error."""
   if arg == "smoke":
     for d in c.datasets:
-      d.update(limit=2, max_new_tokens=16)
+      d.update(limit=2, max_new_tokens=smoke_tokens)
     c.rollouts = 2
   elif arg:
     raise ValueError(f"Unknown config argument {arg!r}; the only one is 'smoke'.")

@@ -17,6 +17,8 @@ from kdknob_jax import sharding  # pylint: disable=g-import-not-at-top,wrong-imp
 from kdknob_jax.decode import GREEDY, SamplingConfig, generate_ids  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kdknob_jax.hf import load_model  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kdknob_jax.models import forward  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kdknob_jax.diagnostics import score_sequences  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kdknob_jax.models.derive import first_layers  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kdknob_jax.ops.fused_kl import HeadSpec, fused_divergence  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -92,5 +94,23 @@ def check_fused(_: str) -> None:
   print("FUSED_MESH_OK")
 
 
+def check_score(path: str) -> None:
+  """The pilot's scoring with both models sharded (data 2 x fsdp 2 x tensor 2) equals one
+  device's: the pilot runs the paper pairs on a mesh with the same code."""
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": -1})
+  rng = np.random.default_rng(0)
+  prompts = [rng.integers(1, 256, n).tolist() for n in (4, 9)]
+  seqs = [(prompts[i % 2], rng.integers(1, 256, 3 + 2 * i).tolist()) for i in range(6)]
+  out = []
+  for m in (load_model(path, mesh=mesh), load_model(path)):
+    student = first_layers(m.params, m.config, 2)
+    out.append(score_sequences(student, (m.params, m.config), seqs, ks=(1, 16), rows_per_call=4))
+  for key in ("logp_student", "logp_teacher", "rkl", "fkl"):
+    np.testing.assert_allclose(getattr(out[0], key), getattr(out[1], key), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out[0].contrib, out[1].contrib, rtol=1e-4, atol=1e-6)
+  print("SCORE_MESH_OK")
+
+
 if __name__ == "__main__":
-  {"load": check_load, "decode": check_decode, "fused": check_fused}[sys.argv[1]](sys.argv[2])
+  {"load": check_load, "decode": check_decode, "fused": check_fused,
+   "score": check_score}[sys.argv[1]](sys.argv[2])

@@ -66,3 +66,10 @@ def test_fused_divergence_on_simulated_mesh_keeps_the_vocabulary_sharded():
   proc = subprocess.run([sys.executable, str(HERE / "_mesh_child.py"), "fused", "-"],
                         capture_output=True, text=True, timeout=300, check=False)
   assert "FUSED_MESH_OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+def test_pilot_scoring_on_simulated_mesh_matches_single_device(tiny_dir):
+  proc = subprocess.run([sys.executable, str(HERE / "_mesh_child.py"), "score",
+                         str(tiny_dir("llama"))],
+                        capture_output=True, text=True, timeout=600, check=False)
+  assert "SCORE_MESH_OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]

@@ -23,10 +23,11 @@ from pathlib import Path
 import jax
 
 from kdknob_jax.compare.run import DEFAULT_PROMPTS
+from kdknob_jax.data import data_root
 from kdknob_jax.decode import SamplingConfig, generate_ids
 from kdknob_jax.hf import load_model, load_tokenizer, resolve
 
-_GSM8K = Path("../shared/data/gsm8k/test.jsonl")
+_GSM8K = data_root() / "gsm8k" / "test.jsonl"
 
 
 def bench_prompts(count: int) -> tuple[list[str], str]:

@@ -127,10 +127,11 @@ def table_row(name: str, on_policy: SequenceScores, off_policy: SequenceScores,
     rollouts: samples per prompt and model.
 
   Returns:
-    Accuracies; on-policy token RKL per token; on-policy sequence RKL with its standard error
-    and the wrong-trace preference among the student's samples and among both models' samples
-    of a prompt (the loss is log π_student − log π_teacher either way); off-policy token FKL per token; off-policy sequence RKL
-    (importance weighted) in its k1 and k3 forms with standard errors and the ESS share.
+    Accuracies; on-policy token RKL per token; on-policy sequence RKL with its standard error;
+    the wrong-trace preference among the student's samples and among both models' samples of
+    a prompt (the loss is log π_student − log π_teacher either way); off-policy token FKL per
+    token; off-policy sequence RKL (importance weighted) in its k1 and k3 forms with standard
+    errors, and the ESS share.
   """
   seq_rkl = on_policy.logp_student - on_policy.logp_teacher
   m, se = mean_and_se(seq_rkl)
@@ -155,5 +156,6 @@ def table_row(name: str, on_policy: SequenceScores, off_policy: SequenceScores,
       "seq_rkl_off": off["k1"], "seq_rkl_off_se": off["k1_se"],
       "seq_rkl_off_k3": off["k3"], "seq_rkl_off_k3_se": off["k3_se"],
       "off_policy_ess": off["ess"],
-      "student_tokens": int(on_policy.lengths.sum()), "teacher_tokens": int(off_policy.lengths.sum()),
+      "student_tokens": int(on_policy.lengths.sum()),
+      "teacher_tokens": int(off_policy.lengths.sum()),
   }

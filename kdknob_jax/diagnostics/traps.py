@@ -83,7 +83,9 @@ def score_tokens(hs: Array, ws: Array, ht: Array, wt: Array, tokens: Array, mask
       rows = jnp.concatenate([rows, jnp.sum(terms, axis=0)[None]], axis=0)
     else:
       rows = jnp.sum(terms, axis=0)[None]
-    pick = lambda x: jnp.take_along_axis(x, tok_c[:, None], axis=1)[:, 0] * m_c  # pylint: disable=unnecessary-lambda-assignment
+    def pick(x):
+      return jnp.take_along_axis(x, tok_c[:, None], axis=1)[:, 0] * m_c
+
     out = {"logp_student": pick(ls), "logp_teacher": pick(lt),
            "rkl": jnp.sum(rkl_terms, -1) * m_c, "fkl": jnp.sum(fkl_terms, -1) * m_c}
     return acc + rows, out
