@@ -134,24 +134,23 @@ def run(config, workdir: str | Path, progress: bool = True) -> dict[str, Path]:
   """
   _check_config(config)
   workdir = Path(workdir)
-  mesh = sharding_lib.make_mesh(dict(config.mesh)) if config.get("mesh") else None
   t_start = time.perf_counter()
-  student, teacher, tokenizer = _load_pair(config, mesh)
   try:
     sampling = SamplingConfig(config.temperature, top_k=config.get("top_k", 0),
                               top_p=config.get("top_p", 1.0))
   except ValueError as e:
     raise ConfigError(f"config.temperature / top_k / top_p: {e}") from e
-  chat = config.get("chat")
-  key = jax.random.PRNGKey(config.seed)
-  rows, panels, samples_out, timings = [], {}, [], {}
-  datasets = [dict(d) for d in config.datasets]
   loaded = []
-  for d in datasets:  # Every file is read and checked before any model time is spent.
+  for d in (dict(d) for d in config.datasets):  # data is checked before any model loads
     records = load_records(d["source"], d.get("split"), d.get("limit"), d.get("offset", 0))
     task = get_task(d["task"])
     task.check_records(records)
     loaded.append((d, records, task))
+  mesh = sharding_lib.make_mesh(dict(config.mesh)) if config.get("mesh") else None
+  student, teacher, tokenizer = _load_pair(config, mesh)
+  chat = config.get("chat")
+  key = jax.random.PRNGKey(config.seed)
+  rows, panels, samples_out, timings = [], {}, [], {}
   # One unit per sampled or scored completion: both stages cost about the same per row.
   total = sum(4 * len(r) * config.rollouts for _, r, _ in loaded)
   bar = tqdm(total=total, desc="pilot", unit="seq", disable=not progress)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,38 @@ from kdknob_jax.models.variants import VARIANTS
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ["pilot_qwen3_1p7b_8b", "pilot_qwen3_1p7b_14b", "pilot_qwen3_1p7b_32b",
          "pilot_gemma3_4b_12b", "pilot_gemma3_4b_27b"]
+
+
+# Rows in the shared data's formats, written by the tests, so that they run where
+# ../shared/data is absent.
+_GSM8K_ROWS = [
+    {"question": "Ann has 3 boxes of 12 pens and gives away 5 pens. How many pens are left?",
+     "answer": "3 boxes hold 3 * 12 = 36 pens. 36 - 5 = 31.\n#### 31"},
+    {"question": "A train travels 60 km per hour for 2.5 hours. How far does it go?",
+     "answer": "60 * 2.5 = 150 km.\n#### 150"},
+]
+_CSQA_ROWS = [
+    {"answerKey": "B", "question": {"stem": "Where would you keep milk cold?", "choices": [
+        {"label": "A", "text": "oven"}, {"label": "B", "text": "refrigerator"},
+        {"label": "C", "text": "desk"}, {"label": "D", "text": "garden"},
+        {"label": "E", "text": "car roof"}]}},
+    {"answerKey": "A", "question": {"stem": "What do you use to cut paper?", "choices": [
+        {"label": "A", "text": "scissors"}, {"label": "B", "text": "spoon"},
+        {"label": "C", "text": "pillow"}, {"label": "D", "text": "cup"},
+        {"label": "E", "text": "blanket"}]}},
+]
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+  """A data root holding the two files the embedded config names; KDKNOB_DATA points at it."""
+  root = tmp_path / "data"
+  for rel, rows in (("gsm8k/test.jsonl", _GSM8K_ROWS),
+                    ("commonsenseqa/sample200.jsonl", _CSQA_ROWS)):
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    (root / rel).write_text("".join(json.dumps(r) + "\n" for r in rows))
+  monkeypatch.setenv("KDKNOB_DATA", str(root))
+  return root
 
 
 def _config(name: str, arg: str | None = None):
@@ -82,21 +115,22 @@ def test_config_errors_name_the_fix(tmp_path):
 
 
 @pytest.mark.slow
-def test_pair_with_two_tokenizers_is_refused(tmp_path):
+def test_pair_with_two_tokenizers_is_refused(tmp_path, data_dir):  # pylint: disable=unused-argument
   c = _config("pilot_embedded", "smoke")
   c.student, c.student_layers = "gemma3-270m", 0
   with pytest.raises(ConfigError, match="one tokenizer"):
     pilot.run(c, tmp_path)
-  assert not list(tmp_path.iterdir())  # nothing half-written
+  assert not (tmp_path / "table1.md").exists()  # nothing half-written
 
 
 @pytest.mark.slow
-def test_embedded_smoke_run_through_the_cli(tmp_path):
+def test_embedded_smoke_run_through_the_cli(tmp_path, data_dir):  # pylint: disable=unused-argument
   out = tmp_path / "pilot"
   proc = subprocess.run(
       [sys.executable, "-m", "kdknob_jax.pilot", "--config",
        str(ROOT / "configs" / "pilot_embedded.py") + ":smoke", "--workdir", str(out),
-       "--config.seed=3"], capture_output=True, text=True, timeout=900, check=False, cwd=ROOT)
+       "--config.seed=3"], capture_output=True, text=True, timeout=900, check=False, cwd=ROOT,
+      env=dict(os.environ))
   assert proc.returncode == 0, proc.stderr[-3000:]
   table = (out / "table1.md").read_text()
   assert "| commonsenseqa |" in table and "| gsm8k |" in table
