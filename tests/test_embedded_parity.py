@@ -62,3 +62,33 @@ def test_batched_greedy_decoder_equals_hf_generate(embedded):
     stop = next((j for j, t in enumerate(new) if t in tok.eos_ids), None)
     expect = new if stop is None else new[:stop + 1]
     assert gen.row_tokens(i) == expect, (name, i, tok.decode(gen.row_tokens(i)), tok.decode(expect))
+
+
+@pytest.mark.slow
+def test_text_logprobs_equal_torch_scoring_with_hf_tokenizer(embedded):
+  """The calibration reward's scoring: each model tokenizes the text itself. Our ids equal HF's
+  tokenizer (built from the same GGUF) and our summed log-probs equal the torch model's."""
+  from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.compare.torch_side import logits as torch_logits  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.rl.rewards import completion_ids, text_logprobs  # pylint: disable=g-import-not-at-top
+  name, ref = embedded
+  source = resolve(name)
+  hf_tok = AutoTokenizer.from_pretrained(str(source.path.parent), gguf_file=source.path.name)
+  tok, m = load_tokenizer(name), load_model(name)
+  prompts = ["What is 12 * 7?", "Name a primary color.", "What is 12 * 7?"]
+  completions = [" 12 * 7 = 84.\n#### 84", "Blue, like the sky.", "It is eighty-four"]
+  stopped = [True, False, True]
+  ours = text_logprobs((m.params, m.config), tok, prompts, completions, stopped)
+  for i, (p, c, s) in enumerate(zip(prompts, completions, stopped)):
+    if tok.chat_template:
+      p_ids = hf_tok.apply_chat_template([{"role": "user", "content": p}],
+                                         add_generation_prompt=True, tokenize=True,
+                                         return_dict=True)["input_ids"]
+    else:
+      p_ids = hf_tok(p)["input_ids"]
+    c_ids = hf_tok(c, add_special_tokens=False)["input_ids"] + ([tok.eos_ids[0]] if s else [])
+    assert tok.encode_prompt(p) == p_ids, (name, i)
+    assert completion_ids(tok, c, s) == c_ids, (name, i)
+    z = torch.log_softmax(torch.tensor(torch_logits(ref, p_ids + c_ids), dtype=torch.float64), -1)
+    want = sum(float(z[len(p_ids) - 1 + j, t]) for j, t in enumerate(c_ids))
+    assert abs(ours[i] - want) <= 1e-4 * abs(want) + 1e-3, (name, i, ours[i], want)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from kdknob_jax import pilot
-from kdknob_jax.diagnostics.traps import _predictor_hidden, head_of, score_tokens
+from kdknob_jax.diagnostics.traps import predictor_hidden, head_of, score_tokens
 from kdknob_jax.errors import ConfigError
 from kdknob_jax.models import abstract_params
 from kdknob_jax.models.variants import VARIANTS
@@ -82,7 +82,7 @@ def test_paper_pair_configs_trace_at_full_size(name):
   hidden = {}
   for side, cfg in (("s", student), ("t", teacher)):
     params = abstract_params(cfg)
-    h = jax.eval_shape(lambda p, *a, cfg=cfg: _predictor_hidden(p, cfg, *a), params, *args)
+    h = jax.eval_shape(lambda p, *a, cfg=cfg: predictor_hidden(p, cfg, *a), params, *args)
     assert h.shape == (rows, c_len, cfg.hidden_size) and h.dtype == jnp.bfloat16
     hidden[side] = (jax.ShapeDtypeStruct((rows * c_len, cfg.hidden_size), h.dtype),
                     *head_of(params, cfg))

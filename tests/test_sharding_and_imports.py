@@ -42,6 +42,8 @@ def test_core_package_never_imports_torch_or_transformers():
       "import kdknob_jax.compare, kdknob_jax.compare.run, kdknob_jax.compare.jax_side\n"
       "import kdknob_jax.decode, kdknob_jax.decode.text, kdknob_jax.generate\n"
       "import kdknob_jax.ops.kl, kdknob_jax.ops.fused_kl, kdknob_jax.data\n"
+      "import kdknob_jax.diagnostics, kdknob_jax.pilot, kdknob_jax.rl.rewards, kdknob_jax.rl.lora\n"
+      "import kdknob_jax.rl.objective\n"
       "import kdknob_jax.bench.decode\n"
       "from kdknob_jax.hf import load_model, load_tokenizer\n"
       "m = load_model('smollm2-135m-instruct'); t = load_tokenizer('smollm2-135m-instruct')\n"

@@ -126,7 +126,7 @@ class SequenceScores:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _predictor_hidden(params: dict, cfg: ModelConfig, prompts: Array, prompt_pos: Array,
+def predictor_hidden(params: dict, cfg: ModelConfig, prompts: Array, prompt_pos: Array,
                       owner: Array, completions: Array, completion_pos: Array) -> Array:
   """Final hidden states [R, C, D] that predict each completion token.
 
@@ -148,7 +148,7 @@ def _bucket(n: int, step: int) -> int:
   return max(step, -(-n // step) * step)
 
 
-def _calls(sequences, rows_per_call: int) -> list[list[tuple[tuple[int, ...], list[int]]]]:
+def pack_calls(sequences, rows_per_call: int) -> list[list[tuple[tuple[int, ...], list[int]]]]:
   """Groups sequences by prompt and packs the groups into calls of at most rows_per_call
   completions (a larger group is split), so each prompt is run once per call."""
   groups: dict[tuple[int, ...], list[int]] = {}
@@ -166,6 +166,36 @@ def _calls(sequences, rows_per_call: int) -> list[list[tuple[tuple[int, ...], li
   if current:
     calls.append(current)
   return calls
+
+
+def call_arrays(call, sequences, rows_per_call: int) -> tuple[list[int], tuple[np.ndarray, ...]]:
+  """The padded arrays of one packed call (see `pack_calls`) for `predictor_hidden`.
+
+  Returns:
+    (the sequence indices in row order, (prompts [R', P], prompt positions, owner [R],
+    completions [R, C], completion positions)), where padding has position -1, P and C are
+    bucketed, R' is a power of two and R = rows_per_call.
+  """
+  members = [i for _, piece in call for i in piece]
+  n_prompts = 1 << (len(call) - 1).bit_length()  # powers of two: few compiled shapes
+  p_len = _bucket(max(len(p) for p, _ in call), 32)
+  c_len = _bucket(max(len(sequences[i][1]) for i in members), 16)
+  prompts = np.zeros((n_prompts, p_len), np.int32)
+  prompt_pos = np.full((n_prompts, p_len), -1, np.int32)
+  owner = np.zeros(rows_per_call, np.int32)
+  comps = np.zeros((rows_per_call, c_len), np.int32)
+  comp_pos = np.full((rows_per_call, c_len), -1, np.int32)
+  row = 0
+  for r, (prompt, piece) in enumerate(call):
+    prompts[r, :len(prompt)] = prompt
+    prompt_pos[r, :len(prompt)] = np.arange(len(prompt))
+    for i in piece:
+      c = sequences[i][1]
+      owner[row] = r
+      comps[row, :len(c)] = c
+      comp_pos[row, :len(c)] = len(prompt) + np.arange(len(c))
+      row += 1
+  return members, (prompts, prompt_pos, owner, comps, comp_pos)
 
 
 def score_sequences(student: tuple[dict, ModelConfig], teacher: tuple[dict, ModelConfig],
@@ -204,31 +234,15 @@ def score_sequences(student: tuple[dict, ModelConfig], teacher: tuple[dict, Mode
   contrib = np.zeros((len(levels) + 1, vocab), np.float64)
   frequency = np.zeros(vocab, np.int64)
   lengths = np.array([len(c) for _, c in sequences], np.int64)
-  for call in _calls(sequences, rows_per_call):
-    members = [i for _, piece in call for i in piece]
-    n_prompts = 1 << (len(call) - 1).bit_length()  # powers of two: few compiled shapes
-    p_len = _bucket(max(len(p) for p, _ in call), 32)
-    c_len = _bucket(max(len(sequences[i][1]) for i in members), 16)
-    prompts = np.zeros((n_prompts, p_len), np.int32)
-    prompt_pos = np.full((n_prompts, p_len), -1, np.int32)
-    owner = np.zeros(rows_per_call, np.int32)
-    comps = np.zeros((rows_per_call, c_len), np.int32)
-    comp_pos = np.full((rows_per_call, c_len), -1, np.int32)
-    row = 0
-    for r, (prompt, piece) in enumerate(call):
-      prompts[r, :len(prompt)] = prompt
-      prompt_pos[r, :len(prompt)] = np.arange(len(prompt))
-      for i in piece:
-        c = sequences[i][1]
-        owner[row] = r
-        comps[row, :len(c)] = c
-        comp_pos[row, :len(c)] = len(prompt) + np.arange(len(c))
-        frequency += np.bincount(np.asarray(c, np.int64), minlength=vocab)
-        row += 1
+  for call in pack_calls(sequences, rows_per_call):
+    members, args = call_arrays(call, sequences, rows_per_call)
+    comps, comp_pos = args[3], args[4]
+    c_len = comps.shape[1]
+    for i in members:
+      frequency += np.bincount(np.asarray(sequences[i][1], np.int64), minlength=vocab)
     mask = (comp_pos >= 0).reshape(-1).astype(np.float32)
-    args = (prompts, prompt_pos, owner, comps, comp_pos)
-    hs = _predictor_hidden(sp, scfg, *args).reshape(-1, scfg.hidden_size)
-    ht = _predictor_hidden(tp, tcfg, *args).reshape(-1, tcfg.hidden_size)
+    hs = predictor_hidden(sp, scfg, *args).reshape(-1, scfg.hidden_size)
+    ht = predictor_hidden(tp, tcfg, *args).reshape(-1, tcfg.hidden_size)
     out = score_tokens(hs, ws, ht, wt, comps.reshape(-1), mask, ks=levels, direction=direction,
                        student_spec=s_spec, teacher_spec=t_spec,
                        chunk=auto_chunk(mask.size, vocab))

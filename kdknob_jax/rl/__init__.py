@@ -1,0 +1,1 @@
+"""Reinforcement fine-tuning of the teacher (the calibration knob): objective math first."""
