@@ -91,6 +91,10 @@ def check_fused(_: str) -> None:
   # whole [C, V] logits (or a gathered head).
   full_vocab = re.findall(rf"[a-z0-9]+\[[0-9,]*\b{v}\b[0-9,]*\]", compiled.as_text())
   assert not full_vocab, full_vocab[:5]
+  # Chunk logits are split over data (rows) and tensor (vocabulary): 16 rows / 2, 1000 / 4.
+  # Rows left whole would mean every data shard computes every token's logits.
+  hlo = compiled.as_text()
+  assert "f32[8,250]" in hlo and "f32[16,250]" not in hlo
   print("FUSED_MESH_OK")
 
 

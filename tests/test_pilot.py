@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from kdknob_jax import pilot
-from kdknob_jax.diagnostics.traps import predictor_hidden, head_of, score_tokens
+from kdknob_jax.diagnostics.traps import predictor_hidden, score_tokens
 from kdknob_jax.errors import ConfigError
-from kdknob_jax.models import abstract_params
+from kdknob_jax.models import abstract_params, head_of
 from kdknob_jax.models.variants import VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]

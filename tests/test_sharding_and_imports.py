@@ -14,11 +14,15 @@ from kdknob_jax import sharding
 HERE = Path(__file__).parent
 
 
+def _mesh_child(check: str, path: str, timeout: int = 600) -> subprocess.CompletedProcess:
+  """Runs one check of `_mesh_child.py`: 8 simulated devices need their own process."""
+  return subprocess.run([sys.executable, str(HERE / "_mesh_child.py"), check, path],
+                        capture_output=True, text=True, timeout=timeout, check=False)
+
+
 def test_sharded_load_on_simulated_mesh_matches_single_device(tiny_dir):
-  proc = subprocess.run([sys.executable, str(HERE / "_mesh_child.py"), "load",
-                         str(tiny_dir("llama"))],
-                        capture_output=True, text=True, timeout=300, check=False)
-  assert "MESH_OK" in proc.stdout, proc.stderr[-3000:]
+  proc = _mesh_child("load", str(tiny_dir("llama")), timeout=300)
+  assert "MESH_OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
 
 
 def test_mesh_sizes_are_validated():
@@ -57,21 +61,16 @@ def test_core_package_never_imports_torch_or_transformers():
 
 def test_decoder_on_simulated_mesh_gives_single_device_tokens(tiny_dir):
   """data 2 x fsdp 2 x tensor 2: same tokens and log-probs as one device, same key."""
-  proc = subprocess.run([sys.executable, str(HERE / "_mesh_child.py"), "decode",
-                         str(tiny_dir("llama"))],
-                        capture_output=True, text=True, timeout=600, check=False)
-  assert "DECODE_MESH_OK" in proc.stdout, proc.stderr[-3000:]
+  proc = _mesh_child("decode", str(tiny_dir("llama")), timeout=600)
+  assert "DECODE_MESH_OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
 
 
 def test_fused_divergence_on_simulated_mesh_keeps_the_vocabulary_sharded():
   """data 2 x tensor 4: one device's value and gradients; no device holds a [.., V] array."""
-  proc = subprocess.run([sys.executable, str(HERE / "_mesh_child.py"), "fused", "-"],
-                        capture_output=True, text=True, timeout=300, check=False)
+  proc = _mesh_child("fused", "-", timeout=300)
   assert "FUSED_MESH_OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
 
 
 def test_pilot_scoring_on_simulated_mesh_matches_single_device(tiny_dir):
-  proc = subprocess.run([sys.executable, str(HERE / "_mesh_child.py"), "score",
-                         str(tiny_dir("llama"))],
-                        capture_output=True, text=True, timeout=600, check=False)
+  proc = _mesh_child("score", str(tiny_dir("llama")), timeout=600)
   assert "SCORE_MESH_OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]

@@ -24,7 +24,7 @@ import numpy as np
 
 from kdknob_jax.ops.fused_kl import auto_chunk, fused_divergence, materialized_divergence
 
-_GB = 2.0**30
+_GIB = 2.0**30
 
 
 def _inputs(n: int, d: int, v: int, dtype, seed: int = 0):
@@ -53,8 +53,8 @@ def _measure(fn, args, repeats: int) -> dict:
   temp = mem.temp_size_in_bytes
   total = temp + mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
   return {"loss": float(value), "grads": grads, "seconds": secs, "first_call_seconds": first,
-          "median_seconds": statistics.median(secs), "temp_gb": temp / _GB,
-          "total_gb": total / _GB}
+          "median_seconds": statistics.median(secs), "temp_gib": temp / _GIB,
+          "total_gib": total / _GIB}
 
 
 def bench_one(vocab: int, hidden: int, tokens: int, kind: str, dtype: str, repeats: int,
@@ -81,8 +81,8 @@ def bench_one(vocab: int, hidden: int, tokens: int, kind: str, dtype: str, repea
   return {
       "vocab": vocab, "hidden": hidden, "tokens": tokens, "kind": kind, "dtype": dtype,
       "chunk": chunk, "ours": a, "plain": b,
-      "temp_memory_ratio": a["temp_gb"] / b["temp_gb"],
-      "total_memory_ratio": a["total_gb"] / b["total_gb"],
+      "temp_memory_ratio": a["temp_gib"] / b["temp_gib"],
+      "total_memory_ratio": a["total_gib"] / b["total_gib"],
       "time_ratio": a["median_seconds"] / b["median_seconds"],
       "loss_rel_error": abs(a["loss"] - b["loss"]) / abs(b["loss"]),
       "grad_max_rel_error": max(grad_err),
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
         f"{platform.machine()}; hidden {args.hidden}, {args.tokens} tokens, {args.kind}, "
         f"{args.dtype}, loss + grads of the student's hidden states and head")
-  print("| vocab | chunk | ours s | plain s | time ratio | ours work GB | plain work GB | "
+  print("| vocab | chunk | ours s | plain s | time ratio | ours work GiB | plain work GiB | "
         "work ratio | total ratio | loss rel err | grad rel err |")
   print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
   for v in args.vocab:
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     rows.append(r)
     print(f"| {v} | {r['chunk']} | {r['ours']['median_seconds']:.2f} | "
           f"{r['plain']['median_seconds']:.2f} | {r['time_ratio']:.2f} | "
-          f"{r['ours']['temp_gb']:.2f} | {r['plain']['temp_gb']:.2f} | "
+          f"{r['ours']['temp_gib']:.2f} | {r['plain']['temp_gib']:.2f} | "
           f"{r['temp_memory_ratio']:.3f} | {r['total_memory_ratio']:.3f} | "
           f"{r['loss_rel_error']:.1e} | {r['grad_max_rel_error']:.1e} |", flush=True)
   if args.json:

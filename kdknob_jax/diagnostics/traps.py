@@ -22,17 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdknob_jax.models import ModelConfig, forward, init_cache
-from kdknob_jax.ops.fused_kl import HeadSpec, auto_chunk, chunk_rows, head_logits
+from kdknob_jax.models import ModelConfig, forward, head_of, init_cache
+from kdknob_jax.ops.fused_kl import HeadSpec, auto_chunk, chunk_rows, head_logits, unchunk_rows
 from kdknob_jax.ops.kl import log_probs
 
 Array = jax.Array
-
-
-def head_of(params: dict, cfg: ModelConfig) -> tuple[Array, HeadSpec]:
-  """A model's output weight and how to apply it (tying and final softcap)."""
-  weight = params["embed"] if cfg.tie_embeddings else params["lm_head"]
-  return weight, HeadSpec(cfg.tie_embeddings, cfg.final_logit_softcap)
 
 
 @functools.partial(jax.jit, static_argnames=("ks", "direction", "student_spec", "teacher_spec",
@@ -60,7 +54,7 @@ def score_tokens(hs: Array, ws: Array, ht: Array, wt: Array, tokens: Array, mask
     Float32 arrays: "logp_student", "logp_teacher", "rkl", "fkl" of shape [N] (0 where the
     mask is 0), and "contrib" [K+1, V].
   """
-  v = wt.shape[0] if teacher_spec.tied else wt.shape[1]
+  v = teacher_spec.vocab(wt)
   kmax = max(ks) if ks else 0
 
   def body(acc, xs):
@@ -94,7 +88,7 @@ def score_tokens(hs: Array, ws: Array, ht: Array, wt: Array, tokens: Array, mask
   xs = (chunk_rows(hs, chunk), chunk_rows(ht, chunk), chunk_rows(tokens.astype(jnp.int32), chunk),
         chunk_rows(mask.astype(jnp.float32), chunk))
   contrib, per = jax.lax.scan(body, jnp.zeros((len(ks) + 1, v), jnp.float32), xs)
-  out = {k: x.reshape(-1)[:n] for k, x in per.items()}
+  out = {k: unchunk_rows(x, n) for k, x in per.items()}
   out["contrib"] = contrib
   return out
 

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from kdknob_jax.models.config import ModelConfig
-from kdknob_jax.models.transformer import Decoder, output_logits
+from kdknob_jax.models.transformer import Decoder, head_spec, output_logits
+from kdknob_jax.ops.fused_kl import HeadSpec
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,7 +58,13 @@ def forward(params: dict, cfg: ModelConfig, tokens: jax.Array, positions: jax.Ar
                             compute_logits)
 
 
+def head_of(params: dict, cfg: ModelConfig) -> tuple[jax.Array, HeadSpec]:
+  """A model's output weight (the embedding when tied, else the LM head) and its `HeadSpec`."""
+  weight = params["embed"] if cfg.tie_embeddings else params["lm_head"]
+  return weight, head_spec(cfg)
+
+
 def logits_from_hidden(params: dict, cfg: ModelConfig, hidden: jax.Array) -> jax.Array:
   """Float32 logits [B, T, V] of final-normed hidden states [B, T, D] (from `forward` with
   `return_hidden` or `compute_logits=False`)."""
-  return output_logits(hidden, params["embed"] if cfg.tie_embeddings else params["lm_head"], cfg)
+  return output_logits(hidden, head_of(params, cfg)[0], cfg)

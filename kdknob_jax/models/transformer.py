@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from kdknob_jax.models.config import ModelConfig
+from kdknob_jax.ops.fused_kl import HeadSpec, head_matmul, softcap
 from kdknob_jax.ops.layers import attention, attention_mask, mlp_activation, rms_norm
 from kdknob_jax.ops.rope import apply_rope, rope_tables
 
@@ -121,6 +122,11 @@ class Block(nn.Module):
     return x, new_cache
 
 
+def head_spec(cfg: ModelConfig) -> HeadSpec:
+  """How the config's head maps hidden states to logits (tying, final softcap)."""
+  return HeadSpec(cfg.tie_embeddings, cfg.final_logit_softcap)
+
+
 def output_logits(x: Array, weight: Array, cfg: ModelConfig) -> Array:
   """Float32 logits [B, T, V] from final-normed hidden states [B, T, D].
 
@@ -129,10 +135,8 @@ def output_logits(x: Array, weight: Array, cfg: ModelConfig) -> Array:
     weight: the embedding [V, D] when tied, else the LM head [D, V].
     cfg: the model config (tying and final softcap).
   """
-  eq = "btd,vd->btv" if cfg.tie_embeddings else "btd,dv->btv"
-  logits = jnp.einsum(eq, x, weight, preferred_element_type=jnp.float32)
-  if cfg.final_logit_softcap is not None:
-    logits = cfg.final_logit_softcap * jnp.tanh(logits / cfg.final_logit_softcap)
+  spec = head_spec(cfg)
+  logits = softcap(head_matmul(x, weight, spec), spec)
   return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 

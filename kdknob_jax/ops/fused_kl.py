@@ -11,8 +11,9 @@ the matmul count equals plain autodiff's and no logits are recomputed. The teach
 reference: its hidden states and head get zero gradients (the public function stop-gradients
 them, so that is also what autodiff of the plain form gives).
 
-Under a mesh the chunk logits carry the logical axes (None, "vocab"), so a vocabulary sharded
-over "tensor" stays sharded: log-softmax reductions become all-reduces of [C] rows.
+Under a mesh the chunk logits carry the logical axes ("batch", "vocab"): a vocabulary sharded
+over "tensor" stays sharded (log-softmax reductions become all-reduces of [C] rows), and since
+chunks are strided over the tokens, each data-parallel device computes only its own rows.
 """
 
 from __future__ import annotations
@@ -47,21 +48,31 @@ class HeadSpec:
   tied: bool = False
   softcap: float | None = None
 
+  def vocab(self, weight: Array) -> int:
+    """V of a head weight in this layout."""
+    return weight.shape[0] if self.tied else weight.shape[1]
+
+
+def head_matmul(h: Array, weight: Array, spec: HeadSpec) -> Array:
+  """Float32 pre-softcap logits [..., V] of hidden states [..., D]."""
+  eq = "...d,vd->...v" if spec.tied else "...d,dv->...v"
+  return jnp.einsum(eq, h, weight, preferred_element_type=jnp.float32)
+
+
+def softcap(z: Array, spec: HeadSpec) -> Array:
+  """The final-logit softcap of the spec, cap·tanh(z / cap), or z unchanged."""
+  return z if spec.softcap is None else spec.softcap * jnp.tanh(z / spec.softcap)
+
 
 def raw_logits(h: Array, weight: Array, spec: HeadSpec) -> Array:
-  """Float32 pre-softcap logits [C, V] of hidden rows h [C, D]."""
-  eq = "cd,vd->cv" if spec.tied else "cd,dv->cv"
-  z = jnp.einsum(eq, h, weight, preferred_element_type=jnp.float32)
-  return nn.with_logical_constraint(z, (None, "vocab"))
-
-
-def _capped(z: Array, spec: HeadSpec) -> Array:
-  return z if spec.softcap is None else spec.softcap * jnp.tanh(z / spec.softcap)
+  """Float32 pre-softcap logits [C, V] of hidden rows h [C, D]; rows stay sharded like the
+  batch and the vocabulary like the head."""
+  return nn.with_logical_constraint(head_matmul(h, weight, spec), ("batch", "vocab"))
 
 
 def head_logits(h: Array, weight: Array, spec: HeadSpec) -> Array:
   """Float32 logits [C, V] of hidden rows h [C, D], softcap included."""
-  return _capped(raw_logits(h, weight, spec), spec)
+  return softcap(raw_logits(h, weight, spec), spec)
 
 
 def auto_chunk(n: int, vocab: int, backend: str | None = None) -> int:
@@ -73,10 +84,21 @@ def auto_chunk(n: int, vocab: int, backend: str | None = None) -> int:
 
 
 def chunk_rows(x: Array, c: int) -> Array:
-  """[N, ...] → [N/C, C, ...], zero-padding N up to a multiple of C."""
+  """[N, ...] → [N/C, C, ...], zero-padding N up to a multiple of C.
+
+  Chunk j holds rows j, j + N/C, j + 2N/C, ...: strided, so that every chunk takes rows from
+  every batch shard and data-parallel devices each compute their own part of every chunk (a
+  contiguous split would put whole chunks on one shard, to be gathered for the scan).
+  `unchunk_rows` undoes it.
+  """
   pad = (-x.shape[0]) % c
   x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
-  return x.reshape((-1, c) + x.shape[1:])
+  return jnp.swapaxes(x.reshape((c, -1) + x.shape[1:]), 0, 1)
+
+
+def unchunk_rows(x: Array, n: int) -> Array:
+  """[N/C, C, ...] from `chunk_rows` → the first n rows [n, ...] in their original order."""
+  return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])[:n]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +112,7 @@ class _Spec:
 
 
 def _values_from_raw(spec: _Spec, zs_raw: Array, zt: Array) -> Array:
-  ls = log_probs(_capped(zs_raw, spec.student), spec.temperature)
+  ls = log_probs(softcap(zs_raw, spec.student), spec.temperature)
   lt = log_probs(zt, spec.temperature)
   return divergence_from_logp(ls, lt, spec.kind, spec.coef)
 
@@ -104,7 +126,7 @@ def _value_scan(spec: _Spec, hs, ws, ht, wt, w):
 
   xs = (chunk_rows(hs, spec.chunk), chunk_rows(ht, spec.chunk), chunk_rows(w, spec.chunk))
   total, per_token = jax.lax.scan(body, jnp.zeros((), jnp.float32), xs)
-  return total, per_token.reshape(-1)[: hs.shape[0]]
+  return total, unchunk_rows(per_token, hs.shape[0])
 
 
 def _grad_scan(spec: _Spec, hs, ws, ht, wt, w):
@@ -131,7 +153,7 @@ def _grad_scan(spec: _Spec, hs, ws, ht, wt, w):
   xs = (chunk_rows(hs, spec.chunk), chunk_rows(ht, spec.chunk), chunk_rows(w, spec.chunk))
   (total, dws), (per_token, dhs) = jax.lax.scan(body, init, xs)
   n = hs.shape[0]
-  return total, per_token.reshape(-1)[:n], dhs.reshape(-1, hs.shape[-1])[:n], dws
+  return total, unchunk_rows(per_token, n), unchunk_rows(dhs, n), dws
 
 
 def _weighted(spec: _Spec, zs_raw: Array, zt: Array, w_c: Array):
@@ -195,8 +217,7 @@ def fused_divergence(student_hidden: Array, student_head: Array, teacher_hidden:
   if not hs.shape[0] == ht.shape[0] == w.shape[0]:
     raise ValueError(f"Student ({hs.shape[0]}), teacher ({ht.shape[0]}) and weights "
                      f"({w.shape[0]}) must cover the same tokens.")
-  vs = student_head.shape[0] if student_spec.tied else student_head.shape[1]
-  vt = teacher_head.shape[0] if teacher_spec.tied else teacher_head.shape[1]
+  vs, vt = student_spec.vocab(student_head), teacher_spec.vocab(teacher_head)
   if vs != vt:
     raise ValueError(f"Token-level divergences need one vocabulary; the student has {vs} "
                      f"entries and the teacher {vt}.")
@@ -214,8 +235,7 @@ def fused_token_values(student_hidden: Array, student_head: Array, teacher_hidde
   """Per-token divergences [B, T] (or [N]) chunk by chunk, for metrics (no gradients)."""
   lead = student_hidden.shape[:-1]
   hs, ht = _flat(student_hidden, 2), _flat(teacher_hidden, 2)
-  vs = student_head.shape[0] if student_spec.tied else student_head.shape[1]
-  chunk = chunk_size or auto_chunk(hs.shape[0], vs)
+  chunk = chunk_size or auto_chunk(hs.shape[0], student_spec.vocab(student_head))
   spec = _Spec(kind, float(coef), float(temperature), student_spec, teacher_spec, int(chunk))
   w = jnp.zeros(hs.shape[:1], jnp.float32)
   return _value_scan(spec, hs, student_head, ht, teacher_head, w)[1].reshape(lead)

@@ -14,6 +14,7 @@ F MLP width, r the rank.
 from __future__ import annotations
 
 import dataclasses
+import math
 import string
 from typing import Sequence
 
@@ -74,7 +75,7 @@ def init_lora(params: dict, cfg: LoraConfig, key: Array, dtype=jnp.float32) -> d
     w = params["layers"][name]
     n_in = INPUT_DIMS[name]
     in_shape, out_shape = w.shape[1:1 + n_in], w.shape[1 + n_in:]
-    fan_in = int(jnp.prod(jnp.array(in_shape)))
+    fan_in = math.prod(in_shape)
     a = jax.random.normal(k, (w.shape[0], *in_shape, cfg.rank), dtype) * fan_in**-0.5
     out[name] = {"a": a, "b": jnp.zeros((w.shape[0], cfg.rank, *out_shape), dtype)}
   return {"layers": out}

@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdknob_jax.diagnostics.traps import call_arrays, head_of, pack_calls, predictor_hidden
+from kdknob_jax.diagnostics.traps import call_arrays, pack_calls, predictor_hidden
 from kdknob_jax.hf.tokenizer import Tokenizer
-from kdknob_jax.models import ModelConfig
-from kdknob_jax.ops.fused_kl import HeadSpec, auto_chunk, chunk_rows, head_logits
+from kdknob_jax.models import ModelConfig, head_of
+from kdknob_jax.ops.fused_kl import HeadSpec, auto_chunk, chunk_rows, head_logits, unchunk_rows
 from kdknob_jax.ops.kl import log_probs
 
 Array = jax.Array
@@ -37,7 +37,7 @@ def realized_from_hidden(hidden: Array, weight: Array, tokens: Array, *, spec: H
     return jnp.take_along_axis(lp, t[:, None], axis=1)[:, 0]
 
   out = jax.lax.map(one, (chunk_rows(hidden, chunk), chunk_rows(tokens.astype(jnp.int32), chunk)))
-  return out.reshape(-1)[:hidden.shape[0]]
+  return unchunk_rows(out, hidden.shape[0])
 
 
 def completion_ids(tokenizer: Tokenizer, text: str, stopped: bool) -> list[int]:
