@@ -28,7 +28,7 @@ from kdknob_jax.diagnostics.report import tail_figure_data, write_all
 from kdknob_jax.diagnostics.summary import table_row
 from kdknob_jax.diagnostics.traps import score_sequences
 from kdknob_jax.errors import ConfigError, KdknobError
-from kdknob_jax.hf import load_model, load_tokenizer
+from kdknob_jax.hf import load_config, load_model, load_tokenizer
 from kdknob_jax.models.derive import first_layers
 
 _PROBE = "The pilot checks 12,345 tokenizers: naïve café — ∑ ok?"
@@ -89,19 +89,20 @@ def apply_arg(c, arg: str | None, smoke_tokens: int):
 
 
 def _load_pair(config, mesh):
-  """(student, teacher) as LoadedModel, and the shared tokenizer."""
-  teacher = load_model(config.teacher, dtype=config.dtype, mesh=mesh)
+  """(student, teacher) as LoadedModel, and the shared tokenizer. The tokenizers and configs
+  are compared before any weights load."""
   tokenizer = load_tokenizer(config.teacher)
   same = config.student == config.teacher
-  student = teacher if same else load_model(config.student, dtype=config.dtype, mesh=mesh)
   if not same:
     other = load_tokenizer(config.student)
     if (other.vocab_size != tokenizer.vocab_size or other.encode(_PROBE) != tokenizer.encode(_PROBE)
-        or student.config.vocab_size != teacher.config.vocab_size):
+        or load_config(config.student).vocab_size != load_config(config.teacher).vocab_size):
       raise ConfigError(
           f"The pilot's token-level metrics need one tokenizer, but {config.student!r} and "
           f"{config.teacher!r} tokenize differently. Pick a pair from one family, or derive the "
           "student from the teacher with config.student_layers.")
+  teacher = load_model(config.teacher, dtype=config.dtype, mesh=mesh)
+  student = teacher if same else load_model(config.student, dtype=config.dtype, mesh=mesh)
   if config.student_layers:
     params, cfg = first_layers(student.params, student.config, int(config.student_layers))
     student = dataclasses.replace(student, params=params, config=cfg)
