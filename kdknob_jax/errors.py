@@ -27,3 +27,11 @@ class DataError(KdknobError, ValueError):
 
 class ConfigError(KdknobError, ValueError):
   """A config value or combination of values that cannot run."""
+
+
+class RunStateError(KdknobError, RuntimeError):
+  """A run directory whose checkpoint cannot be read, or belongs to another configuration."""
+
+
+class DistributedError(KdknobError, RuntimeError):
+  """A multi-process launch environment that is incomplete, malformed, or fails to connect."""

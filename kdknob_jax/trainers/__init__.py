@@ -1,0 +1,1 @@
+"""Trainers: the calibration loop (reinforcement fine-tuning of the teacher)."""
