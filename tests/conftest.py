@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# One compilation cache for the session, inherited by child processes: the calibration tests
+# run the same programs several times (resume, errors), and each repeat then skips XLA.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="kdknob-xla-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 # Shapes chosen so each architecture feature changes the numbers: GQA ratios above 2, a Gemma
 # window shorter than the test sequences, Llama-3 scaling with all three frequency bands inside

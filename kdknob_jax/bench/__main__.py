@@ -1,12 +1,12 @@
-"""python -m kdknob_jax.bench {decode,kl} [options]: see each benchmark's --help."""
+"""python -m kdknob_jax.bench {decode,kl,calibrate} [options]: see each benchmark's --help."""
 
 from __future__ import annotations
 
 import sys
 
-from kdknob_jax.bench import decode, kl
+from kdknob_jax.bench import calibrate, decode, kl
 
-BENCHMARKS = {"decode": decode.main, "kl": kl.main}
+BENCHMARKS = {"decode": decode.main, "kl": kl.main, "calibrate": calibrate.main}
 
 
 def main(argv=None) -> int:

@@ -82,7 +82,8 @@ def setup(config) -> Setup:
   lcfg = LoraConfig(int(config.lora.rank), float(config.lora.alpha),
                     targets_from_names(config.lora.targets))
   scfg = step_lib.StepConfig(float(config.beta), float(config.epsilon),
-                             float(config.epsilon_high), config.aggregation, int(config.chunk))
+                             float(config.epsilon_high), config.aggregation, int(config.chunk),
+                             on_policy=config.inner_updates == 1)
   o = config.optimizer
   optimizer = step_lib.make_optimizer(o.lr, o.warmup_steps, o.clip, o.weight_decay, o.b1, o.b2)
   teacher = load_model(config.teacher, dtype=config.dtype, mesh=mesh, rules=rules)
@@ -104,13 +105,16 @@ def initial_state(s: Setup) -> step_lib.CalibState:
       jax.eval_shape(lambda: init_lora(shapes, s.lcfg, jax.random.PRNGKey(0))),
       lora_axes(param_axes(s.teacher.config), s.lcfg), s.mesh, s.rules)
   key = jax.random.fold_in(jax.random.PRNGKey(s.config.seed), 1)
-  lora = jax.jit(lambda k: init_lora(shapes, s.lcfg, k), out_shardings=shardings)(key)
-  opt_state = jax.jit(s.optimizer.init)(lora)
+  lora = _settle(jax.jit(lambda k: init_lora(shapes, s.lcfg, k), out_shardings=shardings)(key))
+  opt_state = _settle(jax.jit(s.optimizer.init)(lora))
   state = step_lib.CalibState(step=replicate(jnp.zeros((), jnp.int32), s.mesh), lora=lora,
                               opt_state=opt_state, base=base)
-  # Committed inputs throughout: jit caches on committedness, and the step's outputs are.
+  # Every leaf committed to the mesh: jit caches on committedness, and optax's step counters
+  # come out of `init` on a single device.
+  devices = set(s.mesh.devices.flat)
   state = jax.tree_util.tree_map(
-      lambda x: x if x.committed else jax.device_put(x, x.sharding), state)
+      lambda x: x if x.committed and x.sharding.device_set == devices else replicate(x, s.mesh),
+      state)
   # Pinning the step's output shardings to its inputs' keeps one compiled program for the run.
   s.train_step = step_lib.make_train_step(
       s.teacher.config, s.lcfg, s.scfg, s.optimizer, s.mesh, s.rules,
@@ -148,13 +152,14 @@ def rollout_step(s: Setup, state: step_lib.CalibState, step: int, key: jax.Array
   recs = [records[int(i)] for i in idx]
   prompts = [task.prompt(r) for r in recs]
   ids = [s.teacher_tok.encode_prompt(p, chat=c.chat) for p in prompts]
-  params = step_lib.merged_params(state.base, state.lora, cfg=s.teacher.config, lcfg=s.lcfg,
-                                  mesh=s.mesh, rules=s.rules)
+  params = _settle(step_lib.merged_params(state.base, state.lora, cfg=s.teacher.config,
+                                          lcfg=s.lcfg, mesh=s.mesh, rules=s.rules))
   pad = s.teacher_tok.pad_id if s.teacher_tok.pad_id is not None else s.teacher_tok.eos_ids[0]
   gen = generate_ids(params, s.teacher.config, ids, n=c.group_size,
                      max_new_tokens=c.max_new_tokens,
                      sampling=SamplingConfig(c.temperature, c.top_k, c.top_p),
-                     stop_ids=s.teacher_tok.eos_ids, key=key, prompt_ids=idx, pad_id=pad,
+                     stop_ids=s.teacher_tok.eos_ids if c.stop_at_eos else (), key=key,
+                     prompt_ids=idx, pad_id=pad,
                      mesh=s.mesh, rules=s.rules)
   del params
   ro = rollouts_lib.layout(ids, gen, s.teacher_tok, s.row_multiple)
@@ -166,11 +171,15 @@ def rollout_step(s: Setup, state: step_lib.CalibState, step: int, key: jax.Array
   host.update(advantages=np.zeros(host["mask"].shape[0], np.float32), old_logp=zeros,
               ref_logp=zeros)
   batch = step_lib.to_device(host, s.mesh, s.rules)
-  old, ref = step_lib.score_rollouts(state, batch, cfg=s.teacher.config, lcfg=s.lcfg,
-                                     scfg=s.scfg, mesh=s.mesh, rules=s.rules)
-  old_host = np.asarray(jax.device_get(old) if old.is_fully_addressable else
-                        _allgather(old), np.float64)
-  logp_teacher = (old_host * host["mask"]).sum(axis=1)[:n]
+  old, ref = _settle(step_lib.score_rollouts(state, batch, cfg=s.teacher.config, lcfg=s.lcfg,
+                                             scfg=s.scfg, mesh=s.mesh, rules=s.rules))
+  if s.scfg.on_policy:  # the decoder's untempered log-probs of the tokens it sampled
+    logp_teacher = np.array([gen.model_logprobs[r, :int(gen.lengths[r])].astype(np.float64).sum()
+                             for r in range(n)])
+  else:
+    old_host = np.asarray(jax.device_get(old) if old.is_fully_addressable else
+                          _allgather(old), np.float64)
+    logp_teacher = (old_host * host["mask"]).sum(axis=1)[:n]
   if c.lam:
     logp_target = rollouts_lib.target_logprobs(
         (s.target.params, s.target.config), s.target_tok, prompts, ro, c.target_chat,
@@ -190,6 +199,13 @@ def rollout_step(s: Setup, state: step_lib.CalibState, step: int, key: jax.Array
               logp_target=logp_target, lengths=ro.lengths, stopped=ro.stopped,
               prompt_of=ro.prompt_of, texts=ro.texts, prompts=prompts, ids=ids, gen=gen)
   return batch, info
+
+
+def _settle(x):
+  """Waits for x. One sharded program at a time: on XLA:CPU, two programs in flight whose
+  collectives span the same simulated devices can starve each other's threads on a few cores
+  (a deadlock we hit with 8 devices on 2 cores); the cost is a little host/device overlap."""
+  return jax.block_until_ready(x)
 
 
 def _allgather(x):
@@ -224,8 +240,8 @@ def evaluate(s: Setup, state: step_lib.CalibState, info: dict | None) -> dict[st
   tokenizer, the token-level KL(target‖teacher) per token on the step's rollouts."""
   c = s.config
   task, records = s.eval
-  params = step_lib.merged_params(state.base, state.lora, cfg=s.teacher.config, lcfg=s.lcfg,
-                                  mesh=s.mesh, rules=s.rules)
+  params = _settle(step_lib.merged_params(state.base, state.lora, cfg=s.teacher.config,
+                                          lcfg=s.lcfg, mesh=s.mesh, rules=s.rules))
   ids = [s.teacher_tok.encode_prompt(task.prompt(r), chat=c.chat) for r in records]
   pad = s.teacher_tok.pad_id if s.teacher_tok.pad_id is not None else s.teacher_tok.eos_ids[0]
   gen = generate_ids(params, s.teacher.config, ids, n=1,
@@ -309,7 +325,7 @@ def run(config, workdir: str | Path, progress: bool = True, stop_after: int | No
     batch, info = rollout_step(s, state, step, jax.random.fold_in(key, 0))
     t_roll = time.perf_counter() - t0
     for inner in range(config.inner_updates):
-      state, m = s.train_step(state, batch, jax.random.fold_in(key, 1 + inner))
+      state, m = _settle(s.train_step(state, batch, jax.random.fold_in(key, 1 + inner)))
     m = {f"train/{k}": float(v) for k, v in jax.device_get(m).items()}
     dt = time.perf_counter() - t0
     m.update(rollout_metrics(info))

@@ -18,7 +18,7 @@ from kdknob_jax.rl.objective import AGGREGATIONS
 # error, since the checkpoint would not mean what the config says.
 IDENTITY_KEYS = ("teacher", "target", "dtype", "lam", "task_weight", "beta", "epsilon",
                  "epsilon_high", "aggregation", "renormalize", "group_size", "prompts_per_step",
-                 "inner_updates", "max_new_tokens", "temperature", "top_k", "top_p", "lora",
+                 "inner_updates", "max_new_tokens", "temperature", "top_k", "top_p", "stop_at_eos", "lora",
                  "optimizer", "train", "seed", "chat", "target_chat")
 
 EMBEDDED_TEACHER = "smollm2-135m-instruct"
@@ -46,6 +46,7 @@ def base_config():
   c.temperature = 1.0
   c.top_k = 0
   c.top_p = 1.0
+  c.stop_at_eos = True     # False: every rollout is max_new_tokens long (benchmarks)
   c.chat = True            # teacher prompts through its chat template (if it has one)
   c.target_chat = True     # the same for the target, with its own template
   c.lora = ml_collections.ConfigDict(dict(rank=128, alpha=128.0, targets="all"))
@@ -70,10 +71,18 @@ def base_config():
 
 
 def paper_config(teacher: str, target: str, lam: float, arg: str | None = None):
-  """The paper's recipe (LoRA r = α = 128, lr 2e-5, 4 rollouts per prompt) on GSM8K, bf16,
-  FSDP over all devices (8×H100, or a TPU v5p slice with `--config.mesh.data=N`)."""
+  """The paper's recipe (LoRA r = α = 128, lr 2e-5, 4 rollouts per prompt) on GSM8K, bf16.
+
+  `arg`: None is one host of 8×H100 (FSDP over its 8 GPUs); "v5p" is a TPU v5p pod slice
+  (FSDP over 8 chips, data parallel across the rest, so any slice of a multiple of 8 chips);
+  "laptop" and "smoke" shrink the run onto the embedded models (see `shrink`).
+  """
   c = base_config()
   c.teacher, c.target, c.lam = teacher, target, lam
+  if arg == "v5p":
+    c.mesh = dict(data=-1, fsdp=8, tensor=1)
+    return c
+  c.mesh = dict(data=1, fsdp=8, tensor=1)
   return shrink(c, arg)
 
 
@@ -99,7 +108,8 @@ def shrink(c, arg: str | None):
     c.eval_every = 6 if arg == "laptop" else 0
     c.checkpoint_every = 3 if arg == "laptop" else 1
   elif arg:
-    raise ConfigError(f"Unknown config argument {arg!r}: use ':laptop' or ':smoke'.")
+    raise ConfigError(f"Unknown config argument {arg!r}: use ':laptop' or ':smoke' (paper "
+                      "configs also take ':v5p').")
   return c
 
 

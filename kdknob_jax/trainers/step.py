@@ -58,12 +58,16 @@ class StepConfig:
     aggregation: "sequence_mean" or "token_mean".
     chunk: rows of the LM head evaluated at once (the [chunk, V] logits are recomputed in
       the backward pass instead of stored); 0 picks `auto_chunk`'s size.
+    on_policy: one update per rollout batch (μ = 1): the sampling policy is the policy being
+      trained, so the old log-probs are the current ones with the gradient stopped (ratio
+      exactly 1, as TRL does) and no separate forward pass computes them.
   """
   beta: float = 0.04
   epsilon: float = 0.2
   epsilon_high: float = 0.2
   aggregation: str = "sequence_mean"
   chunk: int = 0
+  on_policy: bool = False
 
 
 def make_optimizer(lr: float, warmup_steps: int, clip: float, weight_decay: float,
@@ -80,7 +84,7 @@ def _context(mesh, rules):
   if mesh is None:
     return contextlib.nullcontext()
   stack = contextlib.ExitStack()
-  stack.enter_context(mesh)
+  stack.enter_context(mesh)  # the decoder engine does the same (inside jit)
   stack.enter_context(nn.logical_axis_rules(rules))
   return stack
 
@@ -125,11 +129,13 @@ def score_rollouts(state: CalibState, batch: dict[str, Array], *, cfg: ModelConf
                    lcfg: LoraConfig, scfg: StepConfig, mesh=None, rules=()
                    ) -> tuple[Array, Array]:
   """(old_logp, ref_logp) [N, T]: the sampling policy's and the base model's log-probs of
-  the completion tokens; ref_logp is zeros when the KL anchor is off."""
+  the completion tokens. Each is zeros when it is not needed: old_logp on policy (see
+  `StepConfig.on_policy`), ref_logp without a KL anchor."""
   with _context(mesh, rules):
-    old = completion_logp(merge(state.base, state.lora, lcfg), cfg, batch, scfg.chunk)
-    ref = (completion_logp(state.base, cfg, batch, scfg.chunk) if scfg.beta
-           else jnp.zeros_like(old))
+    zeros = jnp.zeros(batch["completions"].shape, jnp.float32)
+    old = (zeros if scfg.on_policy else
+           completion_logp(merge(state.base, state.lora, lcfg), cfg, batch, scfg.chunk))
+    ref = completion_logp(state.base, cfg, batch, scfg.chunk) if scfg.beta else zeros
   return old, ref
 
 
@@ -140,14 +146,15 @@ def _train_step(state: CalibState, batch: dict[str, Array], rng: Array, *, cfg: 
   with _context(mesh, rules):
     def loss_fn(lora):
       logp = completion_logp(merge(state.base, lora, lcfg), cfg, batch, scfg.chunk)
-      return policy_loss(logp, batch["old_logp"], batch["advantages"], batch["mask"],
+      old = jax.lax.stop_gradient(logp) if scfg.on_policy else batch["old_logp"]
+      return policy_loss(logp, old, batch["advantages"], batch["mask"],
                          ref_logp=batch["ref_logp"], beta=scfg.beta, epsilon=scfg.epsilon,
                          epsilon_high=scfg.epsilon_high, aggregation=scfg.aggregation)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.lora)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.lora)
     lora = optax.apply_updates(state.lora, updates)
-  metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+  metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
   return state.replace(step=state.step + 1, lora=lora, opt_state=opt_state), metrics
 
 

@@ -1,0 +1,20 @@
+r"""Make Qwen3-8B easier to distil into Qwen3-0.6B.
+
+Teacher Qwen/Qwen3-8B, calibration target Qwen/Qwen3-0.6B, λ = 1.0 (distillable):
+the paper's recipe (LoRA r = α = 128 on every projection, lr 2e-5, 4 rollouts per prompt, KL anchor β = 0.04) on GSM8K, bfloat16.
+Weights come from the local Hugging Face cache (nothing is downloaded at run time).
+
+  8×H100 (one host):   python -m kdknob_jax.calibrate --config configs/qwen8b_distill.py --workdir runs/qwen8b_distill
+  TPU v5p pod slice:   launch/tpu_pod.sh --name NAME --zone ZONE --accelerator v5p-64 \
+                         --config configs/qwen8b_distill.py:v5p --workdir gs://BUCKET/qwen8b_distill
+  GPU cluster (SLURM): CONFIG=configs/qwen8b_distill.py WORKDIR=/shared/runs/qwen8b_distill sbatch launch/slurm.sbatch
+  Laptop (same recipe on the embedded models, minutes):
+                       python -m kdknob_jax.calibrate --config configs/qwen8b_distill.py:laptop
+"""
+
+from kdknob_jax.trainers.config import paper_config
+
+
+def get_config(arg: str | None = None):
+  """The config; arg "v5p", "laptop" or "smoke" (see `paper_config`)."""
+  return paper_config("Qwen/Qwen3-8B", "Qwen/Qwen3-0.6B", 1.0, arg)

@@ -1,0 +1,220 @@
+"""The calibration loop end to end on a tiny cross-tokenizer pair: metrics, resuming, the
+simulated 8-device mesh, two `jax.distributed` processes, and the errors users meet."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kdknob_jax.errors import ConfigError, ModelNotFoundError, RunStateError
+from kdknob_jax.metrics import read_jsonl
+from tests import _calib
+
+HERE = Path(__file__).parent
+REPO = HERE.parent
+_LAUNCH_PREFIXES = ("KDKNOB_", "SLURM_", "TPU_", "MEGASCALE_", "CLOUD_TPU_", "JAX_COORDINATOR")
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+  root = tmp_path_factory.mktemp("calib")
+  teacher, target = _calib.make_pair(root)
+  return teacher, target, _calib.write_data(root / "rows.jsonl")
+
+
+@pytest.fixture(scope="module")
+def reference(pair, tmp_path_factory):
+  """An uninterrupted 3-step run on one device: (workdir, metrics rows)."""
+  from kdknob_jax.trainers import calibration  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp("reference")
+  calibration.run(_calib.tiny_config(*pair), workdir, progress=False)
+  return workdir, read_jsonl(workdir / "metrics.jsonl")
+
+
+def _close(a: list[dict], b: list[dict], rtol: float) -> None:
+  a, b = _calib.comparable(a), _calib.comparable(b)
+  assert [r["step"] for r in a] == [r["step"] for r in b]
+  for ra, rb in zip(a, b):
+    assert ra.keys() == rb.keys()
+    for k in ra:
+      if ra[k] is None or rb[k] is None:
+        assert ra[k] is None and rb[k] is None, k
+      else:
+        np.testing.assert_allclose(rb[k], ra[k], rtol=rtol, atol=1e-6, err_msg=k)
+
+
+def test_run_writes_every_metric_and_checkpoint(reference):
+  workdir, rows = reference
+  assert [r["step"] for r in rows] == [1, 2, 3]
+  for key in ("reward/task", "reward/cal", "advantage/std", "train/kl", "train/clip_fraction",
+              "trap/seq_kl_teacher_target", "trap/wrong_trace_preference",
+              "throughput/tokens_per_s", "time/step_s", "logp/target"):
+    assert key in rows[-1], key
+  assert "eval/accuracy" in rows[1] and "eval/accuracy" in rows[2]  # every 2 steps and at the end
+  assert rows[0]["train/kl"] == 0.0  # zero-init adapters: the first policy is the base
+  assert rows[-1]["train/kl"] > 0.0  # ... and then it moves
+  # Sequence KL estimate and calibration reward are two views of the same scores.
+  assert rows[-1]["trap/seq_kl_teacher_target"] == pytest.approx(-rows[-1]["reward/cal"])
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
+                if p.name.isdigit()) == [1, 2, 3]
+  assert list(workdir.glob("events.out.tfevents.*"))  # TensorBoard
+
+
+def test_killed_run_resumes_to_the_same_metrics(pair, reference, tmp_path):
+  from kdknob_jax.trainers import calibration  # pylint: disable=g-import-not-at-top
+  config = _calib.tiny_config(*pair)
+  calibration.run(config, tmp_path, progress=False, stop_after=1)  # "killed" after step 1
+  # A crash during step 2 can leave partial metrics behind; the resume drops them.
+  with (tmp_path / "metrics.jsonl").open("a") as f:
+    f.write(json.dumps({"step": 2, "reward/task": 123.0}) + "\n")
+  calibration.run(config, tmp_path, progress=False, stop_after=1)
+  calibration.run(config, tmp_path, progress=False)
+  _close(reference[1], read_jsonl(tmp_path / "metrics.jsonl"), rtol=0)
+
+
+def _child_env(devices: int, **extra: str) -> dict[str, str]:
+  env = {k: v for k, v in os.environ.items() if not k.startswith(_LAUNCH_PREFIXES)}
+  # XLA:CPU aborts a collective whose simulated devices do not all arrive within 40 s, which a
+  # busy 2-core machine can exceed; the test's own timeout still bounds the run.
+  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=(
+      f"--xla_force_host_platform_device_count={devices} "
+      "--xla_cpu_collective_call_terminate_timeout_seconds=600 "
+      "--xla_cpu_collective_timeout_seconds=600"), **extra)
+  return env
+
+
+def _spawn(pair, workdir: Path, mesh: dict, env: dict) -> subprocess.Popen:
+  args = [sys.executable, str(HERE / "_calib_child.py"), *map(str, pair), str(workdir),
+          json.dumps(mesh)]
+  return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env, cwd=REPO)
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float) -> list[str]:
+  outs, deadline = [], time.monotonic() + timeout
+  try:
+    for p in procs:
+      out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+      assert p.returncode == 0 and "RESULT" in out, out[-2000:] + err[-4000:]
+      outs.append(out)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  return outs
+
+
+def test_simulated_8_device_mesh_gives_the_same_metrics(pair, reference, tmp_path):
+  mesh = {"data": 2, "fsdp": 2, "tensor": 2}
+  _finish([_spawn(pair, tmp_path, mesh, _child_env(8))], timeout=400)
+  _close(reference[1], read_jsonl(tmp_path / "metrics.jsonl"), rtol=1e-5)
+
+
+def test_two_processes_give_the_same_metrics(pair, reference, tmp_path):
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  # 4 devices over 2 processes, data parallel. FSDP across CPU processes is not tested: XLA's
+  # gloo collectives abort on the resharding of its gradients (README, "Multi-host").
+  mesh = {"data": 4, "fsdp": 1, "tensor": 1}
+  procs = [_spawn(pair, tmp_path, mesh, _child_env(
+      2, KDKNOB_COORDINATOR=f"127.0.0.1:{port}", KDKNOB_NUM_PROCESSES="2",
+      KDKNOB_PROCESS_ID=str(i), KDKNOB_INIT_TIMEOUT="60")) for i in range(2)]
+  _finish(procs, timeout=400)
+  _close(reference[1], read_jsonl(tmp_path / "metrics.jsonl"), rtol=1e-5)
+
+
+def test_changed_settings_in_an_existing_workdir_are_refused(pair, reference, tmp_path):
+  from kdknob_jax.trainers import calibration  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  shutil.copytree(reference[0], workdir)
+  before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+  config = _calib.tiny_config(*pair, lam=2.0)
+  with pytest.raises(RunStateError, match="lam: checkpoint has -1.0, config has 2.0"):
+    calibration.run(config, workdir, progress=False)
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
+
+
+def test_a_damaged_checkpoint_is_reported_and_left_in_place(pair, reference, tmp_path):
+  from kdknob_jax.trainers import calibration  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  shutil.copytree(reference[0], workdir)
+  config = _calib.tiny_config(*pair, steps=4)  # one more step: it must restore step 3 first
+  damaged = 0
+  for f in (workdir / "checkpoints" / "3").rglob("*"):
+    if f.is_file() and f.stat().st_size > 0 and "meta" not in f.name:
+      f.write_bytes(b"\0" * 7)
+      damaged += 1
+  assert damaged
+  with pytest.raises(RunStateError, match="cannot be restored.*left in place"):
+    calibration.run(config, workdir, progress=False)
+  assert (workdir / "checkpoints" / "3").exists()
+
+
+def test_missing_model_fails_before_anything_is_loaded(pair, tmp_path):
+  from kdknob_jax.trainers import calibration  # pylint: disable=g-import-not-at-top
+  config = _calib.tiny_config(*pair)
+  config.target = str(tmp_path / "no_such_model")
+  with pytest.raises(ModelNotFoundError):
+    calibration.run(config, tmp_path / "run", progress=False)
+  assert not list((tmp_path / "run").glob("checkpoints/*"))
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("group_size", 1, "group_size must be >= 2"),
+    ("aggregation", "mean", "aggregation must be one of"),
+    ("temperature", 0.0, "temperature must be > 0"),
+])
+def test_bad_values_are_named(pair, tmp_path, key, value, match):
+  from kdknob_jax.trainers import calibration  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError, match=match):
+    calibration.run(_calib.tiny_config(*pair, **{key: value}), tmp_path, progress=False)
+
+
+def test_command_line_rejects_an_unknown_key(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "kdknob_jax.calibrate", "--config", "configs/tiny_undistill.py",
+       "--config.no_such_key=1", "--workdir", str(tmp_path)],
+      capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
+  assert proc.returncode != 0
+  assert "no_such_key" in proc.stderr
+  assert not any(tmp_path.iterdir())
+
+
+def test_export_writes_the_merged_teacher_for_transformers_and_us(pair, reference, tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from transformers import AutoModelForCausalLM  # pylint: disable=g-import-not-at-top
+  from kdknob_jax import export  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.checkpoint import RunCheckpoints, read_identity  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.hf import load_model  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.models import forward  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.rl.lora import LoraConfig, merge  # pylint: disable=g-import-not-at-top
+  assert export.main(["--workdir", str(reference[0]), "--out", str(tmp_path / "out")]) == 0
+  ours = load_model(tmp_path / "out")
+  base = load_model(pair[0])
+  identity = read_identity(reference[0])
+  lcfg = LoraConfig(identity["lora"]["rank"], identity["lora"]["alpha"])
+  saved, _ = RunCheckpoints(reference[0], identity).restore(
+      export._abstract_saved(base.params, lcfg, identity))
+  want = merge(base.params, saved["lora"], lcfg)
+  for a, b in zip(jax.tree_util.tree_leaves(ours.params), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # The adapters moved the weights, so this is not the base checkpoint copied.
+  assert not np.array_equal(np.asarray(want["layers"]["q_proj"]),
+                            np.asarray(base.params["layers"]["q_proj"]))
+  tokens = np.array([[1, 5, 9, 300, 42, 7]])
+  logits, _ = forward(ours.params, ours.config, tokens)
+  hf = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
+  with torch.no_grad():
+    theirs = hf(torch.tensor(tokens)).logits.numpy()
+  np.testing.assert_allclose(np.asarray(logits), theirs, atol=1e-4, rtol=1e-4)
