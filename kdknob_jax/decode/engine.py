@@ -207,7 +207,8 @@ def generate_ids(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]
                  n: int = 1, max_new_tokens: int = 64,
                  sampling: SamplingConfig = SamplingConfig(), stop_ids: Sequence[int] = (),
                  key: jax.Array | None = None, prompt_ids: Sequence[int] | None = None,
-                 max_prompt_tokens: int | None = None, pad_id: int = 0, mesh=None,
+                 max_prompt_tokens: int | None = None, pad_id: int = 0,
+                 prompt_slots: int = 0, mesh=None,
                  rules: Sequence[tuple[str, object]] = sharding_lib.DEFAULT_RULES) -> Generation:
   """Samples n continuations of each prompt in one compiled program.
 
@@ -224,6 +225,8 @@ def generate_ids(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]
       outputs independent of how a dataset is split into calls.
     max_prompt_tokens: longest allowed prompt (default: the model's positions minus N).
     pad_id: written after each row's end.
+    prompt_slots: pad prompts to at least this many slots, so that calls with prompts of
+      different lengths share one compiled program (a training loop's choice).
     mesh: a `jax.sharding.Mesh`; prompts are sharded over the batch axes, heads over tensor.
     rules: logical-axis rules for the mesh.
 
@@ -241,7 +244,7 @@ def generate_ids(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]
     raise ValueError(f"prompt_ids has {len(prompt_ids)} entries for {b} prompts.")
   longest = max(len(x) for x in prompts)
   bb = _bucket(b, multiple=_batch_divisor(mesh, rules))
-  pp = _bucket(longest, _MIN_PROMPT_BUCKET)
+  pp = _bucket(max(longest, prompt_slots), _MIN_PROMPT_BUCKET)
   tokens = np.full((bb, pp), pad_id, np.int32)
   lengths = np.ones((bb,), np.int32)  # padding rows: one token, never live
   live = np.zeros((bb,), bool)

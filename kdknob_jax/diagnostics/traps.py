@@ -162,18 +162,20 @@ def pack_calls(sequences, rows_per_call: int) -> list[list[tuple[tuple[int, ...]
   return calls
 
 
-def call_arrays(call, sequences, rows_per_call: int) -> tuple[list[int], tuple[np.ndarray, ...]]:
+def call_arrays(call, sequences, rows_per_call: int, prompt_slots: int = 0,
+                completion_slots: int = 0) -> tuple[list[int], tuple[np.ndarray, ...]]:
   """The padded arrays of one packed call (see `pack_calls`) for `predictor_hidden`.
 
   Returns:
     (the sequence indices in row order, (prompts [R', P], prompt positions, owner [R],
     completions [R, C], completion positions)), where padding has position -1, P and C are
-    bucketed, R' is a power of two and R = rows_per_call.
+    bucketed (at least `prompt_slots` and `completion_slots`: a caller that passes its
+    largest sizes gets one compiled shape), R' is a power of two and R = rows_per_call.
   """
   members = [i for _, piece in call for i in piece]
   n_prompts = 1 << (len(call) - 1).bit_length()  # powers of two: few compiled shapes
-  p_len = _bucket(max(len(p) for p, _ in call), 32)
-  c_len = _bucket(max(len(sequences[i][1]) for i in members), 16)
+  p_len = _bucket(max(max(len(p) for p, _ in call), prompt_slots), 32)
+  c_len = _bucket(max(max(len(sequences[i][1]) for i in members), completion_slots), 16)
   prompts = np.zeros((n_prompts, p_len), np.int32)
   prompt_pos = np.full((n_prompts, p_len), -1, np.int32)
   owner = np.zeros(rows_per_call, np.int32)

@@ -54,7 +54,8 @@ def completion_ids(tokenizer: Tokenizer, text: str, stopped: bool) -> list[int]:
 def text_logprobs(model: tuple[dict, ModelConfig], tokenizer: Tokenizer,
                   prompts: Sequence[str | Sequence[dict[str, str]]], completions: Sequence[str],
                   stopped: Sequence[bool], *, chat: bool | None = None,
-                  rows_per_call: int = 16) -> np.ndarray:
+                  rows_per_call: int = 16, prompt_slots: int = 0,
+                  completion_slots: int = 0) -> np.ndarray:
   """Summed log-probs of each completion text given its prompt, under one model.
 
   Args:
@@ -65,6 +66,8 @@ def text_logprobs(model: tuple[dict, ModelConfig], tokenizer: Tokenizer,
     stopped: whether each completion ended on a stop token.
     chat: wrap string prompts in the chat template (default: when the tokenizer has one).
     rows_per_call: completions per forward pass.
+    prompt_slots, completion_slots: pad every call to at least these lengths (one compiled
+      shape for a training loop).
 
   Returns:
     Float64 [N].
@@ -82,7 +85,7 @@ def text_logprobs(model: tuple[dict, ModelConfig], tokenizer: Tokenizer,
   weight, spec = head_of(params, cfg)
   out = np.zeros(len(seqs))
   for call in pack_calls(seqs, rows_per_call):
-    members, args = call_arrays(call, seqs, rows_per_call)
+    members, args = call_arrays(call, seqs, rows_per_call, prompt_slots, completion_slots)
     comps, comp_pos = args[3], args[4]
     hidden = predictor_hidden(params, cfg, *args).reshape(-1, cfg.hidden_size)
     lp = realized_from_hidden(hidden, weight, comps.reshape(-1), spec=spec,

@@ -58,6 +58,8 @@ class Setup:
   optimizer: object
   train_step: object
   row_multiple: int
+  prompt_slots: int
+  target_prompt_slots: int
 
 
 def _records(d):
@@ -92,8 +94,15 @@ def setup(config) -> Setup:
   axes = step_lib.batch_sharding(mesh, rules).spec[0]
   axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
   row_multiple = int(np.prod([mesh.shape[a] for a in axes]))
+  # Every step pads to the longest train prompt, so each program compiles once per run.
+  task, records = train
+  longest = max(len(teacher_tok.encode_prompt(task.prompt(r), chat=config.chat))
+                for r in records)
+  longest_target = max(len(target_tok.encode_prompt(task.prompt(r), chat=config.target_chat))
+                       for r in records)
   return Setup(config, mesh, rules, teacher, target, teacher_tok, target_tok, same_vocab,
-               train, evaluation, lcfg, scfg, optimizer, train_step, row_multiple)
+               train, evaluation, lcfg, scfg, optimizer, train_step, row_multiple,
+               longest, longest_target)
 
 
 def initial_state(s: Setup) -> step_lib.CalibState:
@@ -159,10 +168,11 @@ def rollout_step(s: Setup, state: step_lib.CalibState, step: int, key: jax.Array
                      max_new_tokens=c.max_new_tokens,
                      sampling=SamplingConfig(c.temperature, c.top_k, c.top_p),
                      stop_ids=s.teacher_tok.eos_ids if c.stop_at_eos else (), key=key,
-                     prompt_ids=idx, pad_id=pad,
+                     prompt_ids=idx, pad_id=pad, prompt_slots=s.prompt_slots,
                      mesh=s.mesh, rules=s.rules)
   del params
-  ro = rollouts_lib.layout(ids, gen, s.teacher_tok, s.row_multiple)
+  ro = rollouts_lib.layout(ids, gen, s.teacher_tok, s.row_multiple, s.prompt_slots,
+                           c.max_new_tokens)
   n = len(ro.texts)
   correct = np.array([task.is_correct(ro.texts[r], recs[int(ro.prompt_of[r])])
                       for r in range(n)], bool)
@@ -183,7 +193,7 @@ def rollout_step(s: Setup, state: step_lib.CalibState, step: int, key: jax.Array
   if c.lam:
     logp_target = rollouts_lib.target_logprobs(
         (s.target.params, s.target.config), s.target_tok, prompts, ro, c.target_chat,
-        c.rows_per_call)
+        c.rows_per_call, s.target_prompt_slots, c.max_new_tokens)
   else:  # λ = 0: plain task RL, the target is only scored at evaluations
     logp_target = logp_teacher.copy()
   r_task = correct.astype(np.float64)

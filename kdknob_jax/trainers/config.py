@@ -97,16 +97,16 @@ def shrink(c, arg: str | None):
     c.train.update(task="commonsenseqa", source="commonsenseqa/sample200.jsonl", offset=40,
                    limit=0)
     c.eval.update(task="commonsenseqa", source="commonsenseqa/sample200.jsonl", offset=0,
-                  limit=16 if arg == "laptop" else 2, max_new_tokens=0)
+                  limit=8 if arg == "laptop" else 2, max_new_tokens=0)
     c.mesh = dict(data=1, fsdp=-1, tensor=1)
     c.lora.update(rank=16 if arg == "laptop" else 4, alpha=16.0 if arg == "laptop" else 4.0)
     c.optimizer.update(lr=2e-4 if arg == "laptop" else 1e-3, warmup_steps=0)
     c.group_size = 4 if arg == "laptop" else 2
-    c.prompts_per_step = 4 if arg == "laptop" else 2
-    c.max_new_tokens = 48 if arg == "laptop" else 8
-    c.steps = 12 if arg == "laptop" else 2
-    c.eval_every = 6 if arg == "laptop" else 0
-    c.checkpoint_every = 3 if arg == "laptop" else 1
+    c.prompts_per_step = 2
+    c.max_new_tokens = 40 if arg == "laptop" else 8
+    c.steps = 10 if arg == "laptop" else 2
+    c.eval_every = 5 if arg == "laptop" else 0
+    c.checkpoint_every = 5 if arg == "laptop" else 1
   elif arg:
     raise ConfigError(f"Unknown config argument {arg!r}: use ':laptop' or ':smoke' (paper "
                       "configs also take ':v5p').")

@@ -52,17 +52,19 @@ class Rollouts:
 
 
 def layout(prompt_ids: Sequence[Sequence[int]], gen: Generation, tokenizer: Tokenizer,
-           row_multiple: int = 1) -> Rollouts:
+           row_multiple: int = 1, prompt_slots: int = 0, completion_slots: int = 0
+           ) -> Rollouts:
   """Arrays for `predictor_hidden`-style scoring: prompts [P', S] run once, rows [N', T].
 
-  P' and N' are padded to multiples of `row_multiple` (the data-parallel degree) and S, T
-  bucketed, so few shapes compile; padding rows have every position −1 and mask 0.
+  P' and N' are padded to multiples of `row_multiple` (the data-parallel degree); S and T are
+  at least `prompt_slots` and `completion_slots` (a run passes its largest, so that every step
+  has one shape and compiles once) and bucketed; padding has position −1 and mask 0.
   """
   n_rows = gen.tokens.shape[0]
   p_pad = _bucket(len(prompt_ids), row_multiple)
   r_pad = _bucket(n_rows, row_multiple)
-  s = _bucket(max(len(p) for p in prompt_ids), 32)
-  t = _bucket(max(int(gen.lengths.max()), 1), 16)
+  s = _bucket(max(max(len(p) for p in prompt_ids), prompt_slots), 32)
+  t = _bucket(max(int(gen.lengths.max()), completion_slots, 1), 16)
   prompts = np.zeros((p_pad, s), np.int32)
   prompt_pos = np.full((p_pad, s), -1, np.int32)
   for i, p in enumerate(prompt_ids):
@@ -85,7 +87,8 @@ def layout(prompt_ids: Sequence[Sequence[int]], gen: Generation, tokenizer: Toke
 
 
 def target_logprobs(target, tokenizer: Tokenizer, prompts: Sequence[str], rollouts: Rollouts,
-                    chat: bool | None, rows_per_call: int) -> np.ndarray:
+                    chat: bool | None, rows_per_call: int, prompt_slots: int = 0,
+                    completion_slots: int = 0) -> np.ndarray:
   """log π_target(y|x) [N] of each completion's text, scored with the target's own tokenizer
   and prompt format. A completion with no text under that tokenizer (e.g. only special tokens,
   no stop) scores 0."""
@@ -97,5 +100,6 @@ def target_logprobs(target, tokenizer: Tokenizer, prompts: Sequence[str], rollou
     out[keep] = text_logprobs(
         target, tokenizer, [prompts[int(rollouts.prompt_of[i])] for i in keep],
         [rollouts.texts[i] for i in keep], [bool(rollouts.stopped[i]) for i in keep],
-        chat=chat, rows_per_call=rows_per_call)
+        chat=chat, rows_per_call=rows_per_call, prompt_slots=prompt_slots,
+        completion_slots=completion_slots)
   return out
