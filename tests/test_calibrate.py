@@ -32,27 +32,7 @@ def pair(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def background_runs(pair, tmp_path_factory):
-  """The same run in child processes, started first so that their compilation (mostly one
-  thread each) overlaps the in-process tests: a simulated 8-device mesh (data 2, fsdp 2,
-  tensor 2), and 4 devices over 2 `jax.distributed` processes, data parallel. FSDP across CPU
-  processes is not tested: XLA's gloo collectives abort on it (README, "Calibration")."""
-  root = tmp_path_factory.mktemp("children")
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  procs = [_spawn(pair, root / "mesh8", {"data": 2, "fsdp": 2, "tensor": 2}, _child_env(8))]
-  procs += [_spawn(pair, root / "two", {"data": 4, "fsdp": 1, "tensor": 1}, _child_env(
-      2, KDKNOB_COORDINATOR=f"127.0.0.1:{port}", KDKNOB_NUM_PROCESSES="2",
-      KDKNOB_PROCESS_ID=str(i), KDKNOB_INIT_TIMEOUT="300")) for i in range(2)]
-  yield procs, [root / "mesh8", root / "two"]
-  for p in procs:  # a failed test must not leave them running
-    if p.poll() is None:
-      p.kill()
-
-
-@pytest.fixture(scope="module")
-def reference(pair, background_runs, tmp_path_factory):
+def reference(pair, tmp_path_factory):
   """An uninterrupted 3-step run on one device: (workdir, metrics rows)."""
   from kdknob_jax.trainers import calibration  # pylint: disable=g-import-not-at-top
   workdir = tmp_path_factory.mktemp("reference")
@@ -224,10 +204,18 @@ def test_export_writes_the_merged_teacher_for_transformers_and_us(pair, referenc
   np.testing.assert_allclose(np.asarray(logits), theirs, atol=1e-4, rtol=1e-4)
 
 
-def test_8_device_mesh_and_two_processes_give_the_same_metrics(background_runs, reference):
-  """A simulated 8-device mesh in one process, and 4 devices over 2 `jax.distributed`
-  processes (both started before the reference run, see `background_runs`)."""
-  procs, dirs = background_runs
-  _finish(procs, timeout=600)
-  for d in dirs:
+def test_8_device_mesh_and_two_processes_give_the_same_metrics(pair, reference, tmp_path):
+  """A simulated 8-device mesh (data 2, fsdp 2, tensor 2) in one process, then 4 devices over
+  2 `jax.distributed` processes, data parallel; one after the other, since XLA:CPU's
+  in-process collectives hung once when these ran beside other work on 2 cores. FSDP across
+  CPU processes is not tested: XLA's gloo collectives abort on it (README, "Calibration")."""
+  _finish([_spawn(pair, tmp_path / "mesh8", {"data": 2, "fsdp": 2, "tensor": 2},
+                  _child_env(8))], timeout=450)
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  _finish([_spawn(pair, tmp_path / "two", {"data": 4, "fsdp": 1, "tensor": 1}, _child_env(
+      2, KDKNOB_COORDINATOR=f"127.0.0.1:{port}", KDKNOB_NUM_PROCESSES="2",
+      KDKNOB_PROCESS_ID=str(i), KDKNOB_INIT_TIMEOUT="120")) for i in range(2)], timeout=450)
+  for d in (tmp_path / "mesh8", tmp_path / "two"):
     _close(reference[1], read_jsonl(d / "metrics.jsonl"), rtol=1e-5)

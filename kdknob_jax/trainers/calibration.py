@@ -361,4 +361,8 @@ def run(config, workdir: str | Path, progress: bool = True, stop_after: int | No
   bar.close()
   ckpt.close()
   writer.close()
+  if not last:  # the workdir's run had already reached config.steps: report where it ended
+    rows = metrics_lib.read_jsonl(workdir / "metrics.jsonl")
+    if rows:
+      last = dict(step=rows[-1]["step"], metrics=rows[-1])
   return dict(last, workdir=str(workdir))
