@@ -25,7 +25,7 @@ from kdknob_jax import sharding as sharding_lib
 from kdknob_jax.checkpoint import RunCheckpoints
 from kdknob_jax.data import get_task, load_records
 from kdknob_jax.decode import SamplingConfig
-from kdknob_jax.decode.engine import generate_ids
+from kdknob_jax.decode.engine import _batch_divisor, generate_ids
 from kdknob_jax.diagnostics.summary import wrong_trace_preference
 from kdknob_jax.diagnostics.traps import score_sequences
 from kdknob_jax.errors import ConfigError
@@ -91,9 +91,7 @@ def setup(config) -> Setup:
   teacher = load_model(config.teacher, dtype=config.dtype, mesh=mesh, rules=rules)
   target = load_model(config.target, dtype=config.dtype, mesh=mesh, rules=rules)
   train_step = None  # compiled against the initial state's shardings (see `run`)
-  axes = step_lib.batch_sharding(mesh, rules).spec[0]
-  axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-  row_multiple = int(np.prod([mesh.shape[a] for a in axes]))
+  row_multiple = _batch_divisor(mesh, rules)  # the decoder pads its rows the same way
   # Every step pads to the longest train prompt, so each program compiles once per run.
   task, records = train
   longest = max(len(teacher_tok.encode_prompt(task.prompt(r), chat=config.chat))
@@ -163,12 +161,11 @@ def rollout_step(s: Setup, state: step_lib.CalibState, step: int, key: jax.Array
   ids = [s.teacher_tok.encode_prompt(p, chat=c.chat) for p in prompts]
   params = _settle(step_lib.merged_params(state.base, state.lora, cfg=s.teacher.config,
                                           lcfg=s.lcfg, mesh=s.mesh, rules=s.rules))
-  pad = s.teacher_tok.pad_id if s.teacher_tok.pad_id is not None else s.teacher_tok.eos_ids[0]
   gen = generate_ids(params, s.teacher.config, ids, n=c.group_size,
                      max_new_tokens=c.max_new_tokens,
                      sampling=SamplingConfig(c.temperature, c.top_k, c.top_p),
                      stop_ids=s.teacher_tok.eos_ids if c.stop_at_eos else (), key=key,
-                     prompt_ids=idx, pad_id=pad, prompt_slots=s.prompt_slots,
+                     prompt_ids=idx, pad_id=_pad_id(s.teacher_tok), prompt_slots=s.prompt_slots,
                      mesh=s.mesh, rules=s.rules)
   del params
   ro = rollouts_lib.layout(ids, gen, s.teacher_tok, s.row_multiple, s.prompt_slots,
@@ -209,6 +206,10 @@ def rollout_step(s: Setup, state: step_lib.CalibState, step: int, key: jax.Array
               logp_target=logp_target, lengths=ro.lengths, stopped=ro.stopped,
               prompt_of=ro.prompt_of, texts=ro.texts, prompts=prompts, ids=ids, gen=gen)
   return batch, info
+
+
+def _pad_id(tok) -> int:
+  return tok.pad_id if tok.pad_id is not None else tok.eos_ids[0]
 
 
 def _settle(x):
@@ -253,10 +254,10 @@ def evaluate(s: Setup, state: step_lib.CalibState, info: dict | None) -> dict[st
   params = _settle(step_lib.merged_params(state.base, state.lora, cfg=s.teacher.config,
                                           lcfg=s.lcfg, mesh=s.mesh, rules=s.rules))
   ids = [s.teacher_tok.encode_prompt(task.prompt(r), chat=c.chat) for r in records]
-  pad = s.teacher_tok.pad_id if s.teacher_tok.pad_id is not None else s.teacher_tok.eos_ids[0]
   gen = generate_ids(params, s.teacher.config, ids, n=1,
                      max_new_tokens=c.eval.max_new_tokens or c.max_new_tokens,
-                     sampling=SamplingConfig(0.0), stop_ids=s.teacher_tok.eos_ids, pad_id=pad,
+                     sampling=SamplingConfig(0.0), stop_ids=s.teacher_tok.eos_ids,
+                     pad_id=_pad_id(s.teacher_tok),
                      mesh=s.mesh, rules=s.rules)
   texts = [s.teacher_tok.decode(gen.row_tokens(r)) for r in range(len(records))]
   out = {"eval/accuracy": float(np.mean([task.is_correct(t, r)

@@ -13,12 +13,9 @@ from typing import Sequence
 import numpy as np
 
 from kdknob_jax.decode.engine import Generation
+from kdknob_jax.diagnostics.traps import _bucket  # the scoring kernels' own row/length buckets
 from kdknob_jax.hf.tokenizer import Tokenizer
 from kdknob_jax.rl.rewards import completion_ids, text_logprobs
-
-
-def _bucket(n: int, step: int) -> int:
-  return max(step, -(-n // step) * step)
 
 
 def data_indices(step: int, per_step: int, n_records: int, seed: int) -> np.ndarray:
