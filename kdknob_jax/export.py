@@ -1,11 +1,12 @@
-"""Export a calibrated teacher: the base weights with the run's LoRA merged in, as a Hugging Face
-checkpoint (config.json, safetensors, tokenizer) that transformers and our loader both load.
+"""Export a run's model as a Hugging Face checkpoint (config.json, safetensors, tokenizer) that
+transformers and our loader both load: a calibrated teacher (the base weights with the run's
+LoRA merged in) or a distilled student.
 
   python -m kdknob_jax.export --workdir runs/tiny_undistill --out runs/tiny_undistill/export
       [--step N] [--dtype float32|bfloat16]
 
 The run's settings come from the workdir's `run.json`; the base model is reloaded from its
-source, since checkpoints hold only the adapters and optimizer state.
+source, since checkpoints hold only what trained (adapters or the student) and optimizer state.
 """
 
 from __future__ import annotations
@@ -14,36 +15,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import jax
-import numpy as np
-from jax.sharding import SingleDeviceSharding
-
-from kdknob_jax.checkpoint import RunCheckpoints, read_identity
-from kdknob_jax.errors import KdknobError, RunStateError
-from kdknob_jax.hf import load_model
+from kdknob_jax.checkpoint import read_identity
+from kdknob_jax.errors import KdknobError
 from kdknob_jax.hf.save import save_pretrained
-from kdknob_jax.rl.lora import LoraConfig, init_lora, merge, targets_from_names
-
-
-def _abstract_saved(base: dict, lcfg: LoraConfig, identity: dict) -> dict:
-  """The shapes of a calibration checkpoint, on one device (see `trainers.calibration`)."""
-  from kdknob_jax.trainers.step import make_optimizer  # pylint: disable=g-import-not-at-top
-  o = identity["optimizer"]
-  opt = make_optimizer(o["lr"], o["warmup_steps"], o["clip"], o["weight_decay"], o["b1"],
-                       o["b2"])
-  shapes = jax.eval_shape(lambda: base)
-  lora = jax.eval_shape(lambda: init_lora(shapes, lcfg, jax.random.PRNGKey(0)))
-  tree = {"step": jax.ShapeDtypeStruct((), np.int32), "lora": lora,
-          "opt_state": jax.eval_shape(opt.init, lora),
-          "rng": jax.eval_shape(lambda: jax.random.PRNGKey(0))}
-  one = SingleDeviceSharding(jax.devices()[0])
-  return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one),
-                                tree)
+from kdknob_jax.trainers.resolve import load_trained
 
 
 def export(workdir: str | Path, out: str | Path, step: int | None = None,
            dtype: str | None = None) -> Path:
-  """Writes the merged teacher of a calibration run.
+  """Writes a run's model: a calibration's merged teacher, or a distillation's student.
 
   Args:
     workdir: the run's directory.
@@ -58,17 +38,8 @@ def export(workdir: str | Path, out: str | Path, step: int | None = None,
     RunStateError: no run or no checkpoint in the workdir.
   """
   identity = read_identity(workdir)
-  lcfg = LoraConfig(int(identity["lora"]["rank"]), float(identity["lora"]["alpha"]),
-                    targets_from_names(identity["lora"]["targets"]))
-  teacher = load_model(identity["teacher"], dtype=identity["dtype"])
-  ckpt = RunCheckpoints(workdir, identity)
-  if ckpt.latest_step() is None:
-    raise RunStateError(f"{workdir} has no checkpoint yet; let the run reach its first "
-                        "checkpoint_every step.")
-  saved, _ = ckpt.restore(_abstract_saved(teacher.params, lcfg, identity), step)
-  ckpt.close()
-  merged = jax.jit(lambda b, l: merge(b, l, lcfg))(teacher.params, saved["lora"])
-  return save_pretrained(merged, teacher.config, teacher.hf_config, teacher.source, out,
+  model, _ = load_trained(workdir, identity["dtype"], step=step)
+  return save_pretrained(model.params, model.config, model.hf_config, model.source, out,
                          dtype=dtype or identity["dtype"])
 
 

@@ -179,18 +179,20 @@ def test_export_writes_the_merged_teacher_for_transformers_and_us(pair, referenc
   import torch  # pylint: disable=g-import-not-at-top
   from transformers import AutoModelForCausalLM  # pylint: disable=g-import-not-at-top
   from kdknob_jax import export  # pylint: disable=g-import-not-at-top
-  from kdknob_jax.checkpoint import RunCheckpoints, read_identity  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.checkpoint import read_identity  # pylint: disable=g-import-not-at-top
   from kdknob_jax.hf import load_model  # pylint: disable=g-import-not-at-top
   from kdknob_jax.models import forward  # pylint: disable=g-import-not-at-top
-  from kdknob_jax.rl.lora import LoraConfig, merge  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.rl.lora import LoraConfig, init_lora, merge  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.trainers import resolve  # pylint: disable=g-import-not-at-top
   assert export.main(["--workdir", str(reference[0]), "--out", str(tmp_path / "out")]) == 0
   ours = load_model(tmp_path / "out")
   base = load_model(pair[0])
   identity = read_identity(reference[0])
   lcfg = LoraConfig(identity["lora"]["rank"], identity["lora"]["alpha"])
-  saved, _ = RunCheckpoints(reference[0], identity).restore(
-      export._abstract_saved(base.params, lcfg, identity))
-  want = merge(base.params, saved["lora"], lcfg)
+  lora = resolve.restore_trained(reference[0], identity, jax.eval_shape(
+      lambda: init_lora(jax.eval_shape(lambda: base.params), lcfg, jax.random.PRNGKey(0))),
+      "lora")
+  want = merge(base.params, lora, lcfg)
   for a, b in zip(jax.tree_util.tree_leaves(ours.params), jax.tree_util.tree_leaves(want)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # The adapters moved the weights, so this is not the base checkpoint copied.

@@ -9,8 +9,10 @@ student is used the config says so ("student_layers").
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import jax
+import numpy as np
 
 from kdknob_jax.models.config import ModelConfig
 
@@ -28,7 +30,31 @@ def first_layers(params: dict, cfg: ModelConfig, keep: int) -> tuple[dict, Model
   """
   if not 1 <= keep <= cfg.num_layers:
     raise ValueError(f"keep must be in 1..{cfg.num_layers} (the model's layers), got {keep}.")
+  return keep_layers(params, cfg, range(keep))
+
+
+def keep_layers(params: dict, cfg: ModelConfig, indices: Sequence[int]) -> tuple[dict, ModelConfig]:
+  """The model made of the listed decoder layers, in order (embeddings, final norm, head kept).
+
+  Dropping a block of middle layers keeps a model coherent where cutting its top does not (the
+  final layers expect the representation the middle ones built), so this is the general form.
+
+  Args:
+    params: the full model's params (layers stacked on a leading [L] axis).
+    cfg: its config.
+    indices: distinct layer indices in 0..num_layers − 1.
+
+  Returns:
+    (params, config) of the smaller model.
+  """
+  idx = [int(i) for i in indices]
+  if not idx or len(set(idx)) != len(idx) or not all(0 <= i < cfg.num_layers for i in idx):
+    raise ValueError(f"indices must be distinct layers in 0..{cfg.num_layers - 1}, got {idx}.")
   new = dict(params)
-  new["layers"] = jax.tree_util.tree_map(lambda x: x[:keep], params["layers"])
-  types = cfg.layer_types[:keep] if cfg.layer_types else ()
-  return new, dataclasses.replace(cfg, num_layers=keep, layer_types=types)
+  if idx == list(range(len(idx))):  # a prefix: slices, no copy until written
+    new["layers"] = jax.tree_util.tree_map(lambda x: x[:len(idx)], params["layers"])
+  else:
+    take = np.asarray(idx)
+    new["layers"] = jax.tree_util.tree_map(lambda x: x[take], params["layers"])
+  types = tuple(cfg.layer_types[i] for i in idx) if cfg.layer_types else ()
+  return new, dataclasses.replace(cfg, num_layers=len(idx), layer_types=types)
