@@ -1,9 +1,13 @@
-"""Loading evaluation rows from a local file or a cached Hugging Face dataset.
+"""Loading evaluation rows from a local file, the package's built-in data, or a cached Hugging
+Face dataset.
 
 A source is, in this order: a `.jsonl`, `.json` or `.parquet` file (a path relative to the
-working directory or to `data_root()`), a directory holding `<split>.jsonl|json|parquet`, or a
-Hugging Face `datasets` name ("name" or "name:config") that is already in the local cache.
-Every row comes back as a plain dict; nothing here knows what the fields mean (see tasks.py).
+working directory, to `data_root()`, or to the built-in folder `kdknob_jax/data/builtin`), a
+directory holding `<split>.jsonl|json|parquet`, or a Hugging Face `datasets` name ("name" or
+"name:config") that is already in the local cache. "builtin:capitals/test.jsonl" names a
+built-in file only. Every row is a plain dict; nothing here knows what the fields mean (see
+tasks.py). The list they come in (`Records`) also remembers each row's file and line, so a
+bad row can be reported where it is.
 """
 
 from __future__ import annotations
@@ -11,12 +15,48 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 from kdknob_jax.errors import DataError
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 DEFAULT_SPLIT = "test"
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_ROOT = Path(__file__).resolve().parent / "builtin"
+
+
+class Records(list):
+  """The rows of a dataset (plain dicts), plus where each came from.
+
+  It is a list, so it compares equal to a list of the same dicts; slicing keeps the origins.
+
+  Attributes:
+    source: what was loaded: the file path, or "Hugging Face dataset 'name'".
+    path: the file, or None for a Hugging Face dataset.
+    lines: for a .jsonl file, the 1-based line number of each row; otherwise None.
+    positions: each row's 0-based position among all the rows of the source.
+  """
+
+  def __init__(self, rows=(), source: str = "", path: Path | None = None,
+               lines: list[int] | None = None, positions: list[int] | None = None):
+    super().__init__(rows)
+    self.source = source
+    self.path = path
+    self.lines = lines
+    self.positions = list(range(len(self))) if positions is None else positions
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return Records(list.__getitem__(self, index), self.source, self.path,
+                     None if self.lines is None else self.lines[index], self.positions[index])
+    return list.__getitem__(self, index)
+
+  def where(self, i: int) -> str:
+    """Where row i is: "file.jsonl:12" (a line), or "<source> row 7" (a 0-based position)."""
+    if self.lines is not None and i < len(self.lines):
+      return f"{self.source}:{self.lines[i]}"
+    if i < len(self.positions):
+      return f"{self.source} row {self.positions[i]}"
+    return f"row {i}"  # appended after loading: no origin to report
 
 
 def data_root() -> Path:
@@ -34,10 +74,13 @@ def data_root() -> Path:
 
 
 def _candidates(source: str) -> list[Path]:
+  if source.startswith(BUILTIN_PREFIX):
+    return [BUILTIN_ROOT / source[len(BUILTIN_PREFIX):]]
   path = Path(source).expanduser()
   if path.is_absolute():
     return [path]
-  return [path, data_root() / path]
+  # The built-in folder comes last, so a user's own file of the same name wins.
+  return [path, data_root() / path, BUILTIN_ROOT / path]
 
 
 def _in_directory(directory: Path, split: str | None) -> Path:
@@ -53,8 +96,8 @@ def _in_directory(directory: Path, split: str | None) -> Path:
                   f"split= that names one.")
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-  rows = []
+def _read_jsonl(path: Path) -> tuple[list[dict], list[int]]:
+  rows, lines = [], []
   with path.open(encoding="utf-8") as f:
     for lineno, line in enumerate(f, start=1):
       if not line.strip():
@@ -69,7 +112,8 @@ def _read_jsonl(path: Path) -> list[dict]:
         raise DataError(f"{path}:{lineno}: expected a JSON object ({{...}}), got "
                         f"{type(row).__name__}. Each line must hold one row as an object.")
       rows.append(row)
-  return rows
+      lines.append(lineno)
+  return rows, lines
 
 
 def _read_json(path: Path) -> list[dict]:
@@ -103,14 +147,15 @@ def _read_parquet(path: Path) -> list[dict]:
   return table.to_pylist()
 
 
-def _read_file(path: Path) -> list[dict]:
+def _read_file(path: Path) -> Records:
   suffix = path.suffix.lower()
   if suffix == ".jsonl":
-    return _read_jsonl(path)
+    rows, lines = _read_jsonl(path)
+    return Records(rows, str(path), path, lines)
   if suffix == ".json":
-    return _read_json(path)
+    return Records(_read_json(path), str(path), path)
   if suffix == ".parquet":
-    return _read_parquet(path)
+    return Records(_read_parquet(path), str(path), path)
   raise DataError(f"{path}: unknown file type {suffix or '(no suffix)'!r}; use one of "
                   f"{', '.join(SUFFIXES)}.")
 
@@ -149,20 +194,23 @@ def _resolve(source: str, split: str | None) -> tuple[Path | None, list[Path]]:
 
 
 def load_records(source: str, split: str | None = None, limit: int | None = None,
-                 offset: int = 0) -> list[dict[str, Any]]:
+                 offset: int = 0) -> Records:
   """Rows of a dataset as dicts.
 
   Args:
     source: a `.jsonl`, `.json` or `.parquet` path (relative to the working directory, or else
-      to `data_root()`, e.g. "gsm8k/test.jsonl"), a dataset directory, or a Hugging Face
-      `datasets` name, optionally "name:config", that is present in the local cache.
+      to `data_root()`, or else to the built-in data, e.g. "gsm8k/test.jsonl"; or
+      "builtin:capitals/test.jsonl" for a built-in file only), a dataset directory, or a
+      Hugging Face `datasets` name, optionally "name:config", that is present in the local
+      cache.
     split: the split of a Hugging Face dataset, or the file stem inside a directory; "test"
       when None. Ignored for a file path.
     limit: keep at most this many rows (None: all).
     offset: skip this many rows first; the result is rows[offset:offset + limit].
 
   Returns:
-    A non-empty list of dicts, one per row, in file order.
+    A non-empty `Records` (a list of dicts, one per row, in file order) that knows each row's
+    file and line, for error messages.
 
   Raises:
     DataError: the source cannot be found or read, a row is not a JSON object, a line is not
@@ -176,6 +224,11 @@ def load_records(source: str, split: str | None = None, limit: int | None = None
   if path is not None:
     rows = _read_file(path)
     where = str(path)
+  elif str(source).startswith(BUILTIN_PREFIX):
+    present = sorted(str(p.relative_to(BUILTIN_ROOT)) for p in BUILTIN_ROOT.rglob("*")
+                     if p.suffix in SUFFIXES) if BUILTIN_ROOT.is_dir() else []
+    raise DataError(f"No built-in dataset {source!r} (looked for {tried[0]}); built-in files: "
+                    f"{present or 'none'}. Write it as builtin:<one of those>.")
   elif Path(source).suffix.lower() in SUFFIXES:
     # A file name is never a hub id; trying one would only add a slow, confusing hub error.
     raise DataError(f"Dataset file {source!r} not found; tried "
@@ -183,8 +236,8 @@ def load_records(source: str, split: str | None = None, limit: int | None = None
                     f"dataset name because it ends in {Path(source).suffix}. Check the path, or "
                     f"set $KDKNOB_DATA to the folder holding your data.")
   else:
-    rows = _read_hf(str(source), split, tried)
     where = f"Hugging Face dataset {source!r}"
+    rows = Records(_read_hf(str(source), split, tried), where)
   total = len(rows)
   rows = rows[offset:] if limit is None else rows[offset:offset + limit]
   if not rows:

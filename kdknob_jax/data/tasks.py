@@ -2,19 +2,26 @@
 
 A Task turns a record (a dict from `load_records`) into the user message for a chat model, and
 grades that model's completion against the record. Answers on both sides go through the same
-normalization, so grading is an exact match of normalized strings; a completion with no
-recognizable final answer is simply wrong.
+normalization, so grading is an exact match of normalized strings (or a task's own `match`,
+e.g. a capital named inside a longer reply); a completion with no recognizable final answer is
+simply wrong.
+
+Tasks: gsm8k, bigmath (free-form math), capitals (short names), and the multiple-choice
+family: commonsenseqa, mmlu_pro, supergpqa and multiple_choice (any file of question, choices,
+answer). The answer readers live in answers.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import decimal
 import re
 import string
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
+from kdknob_jax.data.answers import (NUMBER, contains_phrase, last_boxed, normalize_math,
+                                     normalize_name, normalize_number, parse_math,
+                                     parse_short_answer)
 from kdknob_jax.errors import DataError
 
 LETTERS = string.ascii_uppercase
@@ -43,6 +50,9 @@ class Task:
     gold: record -> the normalized gold answer.
     parse: (completion, allowed labels or None) -> the normalized answer, or None.
     labels: record -> the answer labels it allows (multiple choice), or None.
+    match: (normalized answer, record) -> whether it is correct; None means "equals
+      gold(record)". For tasks whose answers are not one canonical string (aliases).
+    default_source: the data `load_records` reads when none is given, or None.
   """
   name: str
   fields: tuple[str, ...]
@@ -51,19 +61,23 @@ class Task:
   parse: Callable[[str, Collection[str] | None], str | None] = dataclasses.field(repr=False)
   labels: Callable[[dict], Sequence[str] | None] = dataclasses.field(
       default=lambda record: None, repr=False)
+  match: Callable[[str, dict], bool] | None = dataclasses.field(default=None, repr=False)
+  default_source: str | None = None
 
-  def check(self, record: Any, index: int | None = None) -> None:
-    """Raises DataError when `record` lacks a field this task needs.
+  def check(self, record: Any, index: int | None = None, where: str | None = None) -> None:
+    """Raises DataError when `record` lacks a field this task needs (or holds null there).
 
     Args:
       record: one row.
       index: its row number in the loaded data, for the message.
+      where: its location, e.g. "data.jsonl:12"; overrides `index` in the message.
     """
-    where = "row" if index is None else f"row {index}"
+    where = where or ("row" if index is None else f"row {index}")
     if not isinstance(record, dict):
       raise DataError(f"Task {self.name!r}: {where} is {type(record).__name__}, not a dict.")
     for path in self.fields:
-      if _get(record, path) is _MISSING:
+      value = _get(record, path)
+      if value is _MISSING or value is None:
         raise DataError(f"Task {self.name!r}: {where} has no field {path!r} (its fields: "
                         f"{sorted(record)}). This task needs {list(self.fields)}; pick the task "
                         f"that matches the file (known: {sorted(TASKS)}) or fix the row.")
@@ -72,15 +86,19 @@ class Task:
     """Checks every record up front, so a bad row fails before any model runs.
 
     Args:
-      records: rows from `load_records`.
-      start: the row number of records[0] (the `offset` they were loaded with).
+      records: rows from `load_records`. When they carry their origin (`Records`), messages
+        name the file and line ("data.jsonl:12"); otherwise the row number.
+      start: the row number of records[0] (the `offset` they were loaded with); used only for
+        rows that do not carry their origin.
     """
+    locate = getattr(records, "where", None)
     for i, record in enumerate(records):
-      self.check(record, start + i)
+      where = locate(i) if locate else f"row {start + i}"
+      self.check(record, where=where)
       try:
         self.gold(record)  # also rejects a gold answer that cannot be graded
       except DataError as e:
-        raise DataError(f"Task {self.name!r}: row {start + i}: {e}") from e
+        raise DataError(f"Task {self.name!r}: {where}: {e}") from e
 
   def prompt(self, record: dict) -> str:
     """The user message to send to a chat model for this record."""
@@ -101,39 +119,21 @@ class Task:
     """
     return self.parse(completion or "", allowed)
 
+  def grade(self, answer: str | None, record: dict) -> bool:
+    """Whether an already extracted answer is correct (None, no answer, is wrong)."""
+    if answer is None:
+      return False
+    if self.match is not None:
+      self.check(record)
+      return bool(self.match(answer, record))
+    return answer == self.reference(record)
+
   def is_correct(self, completion: str, record: dict) -> bool:
-    """Whether the completion's final answer equals the gold one (no answer: False)."""
-    gold = self.reference(record)
-    answer = self.extract(completion, self.labels(record))
-    return answer is not None and answer == gold
+    """Whether the completion's final answer is correct (no answer: False)."""
+    return self.grade(self.extract(completion, self.labels(record)), record)
 
 
 # --- GSM8K: free-form numbers ------------------------------------------------------------------
-
-# A sign counts only when it does not follow a word or digit, so "16-3-4" is three positives.
-# Thousands groups must be exact ("1,234"), so a list "1, 2,3" never fuses into one number.
-_NUMBER = re.compile(r"(?:(?<![\w)])[-\u2212])?\$?\s?"
-                     r"(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)")
-
-
-def normalize_number(text: str) -> str:
-  """A canonical spelling of a number: "1,234" -> "1234", "$3.50" -> "3.5", "-0" -> "0".
-
-  Text that is not a number comes back stripped of the same decorations, so two such
-  answers still compare as strings.
-  """
-  cleaned = re.sub(r"[,$\s]", "", text.replace("\u2212", "-")).rstrip(".")
-  try:
-    value = decimal.Decimal(cleaned)
-  except decimal.InvalidOperation:
-    return cleaned
-  if not value.is_finite():
-    return cleaned
-  if value == 0:
-    return "0"
-  # normalize() drops trailing zeros but would print 1200 as 1.2E+3; the "f" format undoes that
-  return format(value.normalize(), "f")
-
 
 def _gsm8k_parse(completion: str, allowed: Collection[str] | None = None) -> str | None:
   del allowed  # free-form answers have no label set
@@ -141,9 +141,9 @@ def _gsm8k_parse(completion: str, allowed: Collection[str] | None = None) -> str
   if marker >= 0:
     # the model committed to a final line; an unreadable one is a format failure, not a
     # license to grade a number from its working
-    match = _NUMBER.search(completion, marker + 4)
+    match = NUMBER.search(completion, marker + 4)
     return normalize_number(match.group()) if match else None
-  matches = _NUMBER.findall(completion)
+  matches = NUMBER.findall(completion)
   return normalize_number(matches[-1]) if matches else None
 
 
@@ -267,18 +267,165 @@ def _mc_gold(record: dict) -> str:
                   f"index 0..{len(labels) - 1}. Store the letter or the 0-based index.")
 
 
+def _options_labels(record: dict) -> list[str]:
+  return _choices(record["options"])[0]
+
+
+def _options_render(record: dict) -> str:
+  labels, texts = _choices(record["options"])
+  return _mc_prompt(str(record["question"]), labels, texts)
+
+
+def _given(record: dict, key: str) -> bool:
+  value = record.get(key)
+  return value is not None and str(value).strip() != ""
+
+
+def _mmlu_pro_gold(record: dict) -> str:
+  labels = _options_labels(record)
+  if not _given(record, "answer") and not _given(record, "answer_index"):
+    raise DataError("mmlu_pro row has no answer: give 'answer' (the option letter) and/or "
+                    "'answer_index' (its 0-based position).")
+  letter = from_index = None
+  if _given(record, "answer"):
+    letter = str(record["answer"]).strip().upper()
+    if letter not in labels:
+      raise DataError(f"mmlu_pro answer {record['answer']!r} is not one of the option letters "
+                      f"{labels}.")
+  if _given(record, "answer_index"):
+    index = record["answer_index"]
+    if isinstance(index, bool) or not str(index).strip().isdigit() or int(index) >= len(labels):
+      raise DataError(f"mmlu_pro answer_index {index!r} is not an option position 0.."
+                      f"{len(labels) - 1}.")
+    from_index = labels[int(index)]
+  if letter and from_index and letter != from_index:
+    raise DataError(f"mmlu_pro answer {letter!r} and answer_index {record['answer_index']} "
+                    f"(option {from_index}) disagree; fix one of them.")
+  return letter or from_index
+
+
+def _supergpqa_gold(record: dict) -> str:
+  labels, texts = _choices(record["options"])
+  stripped = [t.strip() for t in texts]
+  answer = str(record["answer"]).strip() if _given(record, "answer") else None
+  if answer is not None and answer not in stripped and answer.upper() not in labels:
+    raise DataError(f"supergpqa answer {answer!r:.80} is neither one of the options' texts "
+                    f"nor a letter in {labels}.")
+  if _given(record, "answer_letter"):
+    letter = str(record["answer_letter"]).strip().upper()
+    if letter not in labels:
+      raise DataError(f"supergpqa answer_letter {record['answer_letter']!r} is not one of the "
+                      f"option letters {labels}.")
+    option = stripped[labels.index(letter)]
+    if answer is not None and answer != option and answer.upper() != letter:
+      raise DataError(f"supergpqa answer_letter {letter!r} is option {option!r:.60}, but "
+                      f"answer is {answer!r:.60}; fix one of them.")
+    return letter
+  if answer is None:
+    raise DataError("supergpqa row has no answer: give 'answer_letter' (the option letter) "
+                    "or 'answer' (the correct option's text).")
+  if answer in stripped:
+    matches = [label for label, t in zip(labels, stripped) if t == answer]
+    if len(matches) > 1:
+      raise DataError(f"supergpqa answer {answer!r:.60} is the text of options {matches}; give "
+                      f"'answer_letter' to say which.")
+    return matches[0]
+  return answer.upper()  # some exports store the letter under "answer"
+
+
+# --- Big-Math / MATH: short LaTeX answers --------------------------------------------------------
+
+def _bigmath_prompt(record: dict) -> str:
+  return (f"{str(record['problem']).strip()}\n\n"
+          "Solve this problem step by step, showing your reasoning. Then write the final "
+          "answer inside \\boxed{}, e.g. \\boxed{42}.")
+
+
+def _bigmath_gold(record: dict) -> str:
+  raw = str(record["answer"]).strip()
+  boxed = last_boxed(raw)  # some files keep the solution's \boxed{} around the answer
+  gold = normalize_math(boxed if boxed is not None else raw)
+  if not gold:
+    raise DataError(f"bigmath answer {record['answer']!r} is empty; every row needs a final "
+                    f"answer.")
+  return gold
+
+
+def _bigmath_parse(completion: str, allowed: Collection[str] | None = None) -> str | None:
+  del allowed  # free-form answers have no label set
+  return parse_math(completion)
+
+
+# --- Capitals: short names with aliases ----------------------------------------------------------
+
+def _capitals_prompt(record: dict) -> str:
+  # Tiny chat models follow one short instruction better than a paragraph of format rules.
+  return f"{str(record['question']).strip()}\nAnswer with just the city name."
+
+
+def _capitals_names(record: dict) -> list[str]:
+  """The normalized gold answer, then its normalized aliases."""
+  aliases = record.get("aliases") or []
+  if isinstance(aliases, str) or not isinstance(aliases, (list, tuple)):
+    raise DataError(f"capitals 'aliases' must be a list of strings, got {aliases!r:.80}.")
+  names = []
+  for name in (record["answer"], *aliases):
+    norm = normalize_name(name) if isinstance(name, str) else ""
+    if not norm:
+      raise DataError(f"capitals answer or alias {name!r} is empty (or not a string); every "
+                      f"accepted name needs letters.")
+    names.append(norm)
+  return names
+
+
+def _capitals_gold(record: dict) -> str:
+  return _capitals_names(record)[0]
+
+
+def _capitals_match(answer: str, record: dict) -> bool:
+  return any(contains_phrase(answer, name) for name in _capitals_names(record))
+
+
+# Small chat models answer in a sentence; keeping only the named city lets a majority vote
+# count "The capital of Chile is Santiago." and "Santiago" as one answer. Applied to
+# normalized text (lowercase, no punctuation).
+_CAPITAL_SENTENCE = re.compile(r"^(?:the )?capital (?:city )?of .+? is (?:the city of )?(.+)$"
+                               r"|^(.+?) is the capital(?: city)?(?: of .+)?$")
+
+
+def _capitals_parse(completion: str, allowed: Collection[str] | None = None) -> str | None:
+  del allowed
+  answer = parse_short_answer(completion)
+  sentence = _CAPITAL_SENTENCE.match(answer or "")
+  return (sentence.group(1) or sentence.group(2)) if sentence else answer
+
+
 gsm8k = Task(name="gsm8k", fields=("question", "answer"), render=_gsm8k_prompt,
-             gold=_gsm8k_gold, parse=_gsm8k_parse)
+             gold=_gsm8k_gold, parse=_gsm8k_parse, default_source="gsm8k/test.jsonl")
+
+bigmath = Task(name="bigmath", fields=("problem", "answer"), render=_bigmath_prompt,
+               gold=_bigmath_gold, parse=_bigmath_parse)
+
+capitals = Task(name="capitals", fields=("question", "answer"), render=_capitals_prompt,
+                gold=_capitals_gold, parse=_capitals_parse, match=_capitals_match,
+                default_source="builtin:capitals/test.jsonl")
 
 commonsenseqa = Task(name="commonsenseqa",
                      fields=("question.stem", "question.choices", "answerKey"),
                      render=_csqa_prompt, gold=_csqa_gold, parse=_letter_parse,
-                     labels=_csqa_labels)
+                     labels=_csqa_labels, default_source="commonsenseqa/sample200.jsonl")
+
+mmlu_pro = Task(name="mmlu_pro", fields=("question", "options"), render=_options_render,
+                gold=_mmlu_pro_gold, parse=_letter_parse, labels=_options_labels)
+
+supergpqa = Task(name="supergpqa", fields=("question", "options"), render=_options_render,
+                 gold=_supergpqa_gold, parse=_letter_parse, labels=_options_labels)
 
 multiple_choice = Task(name="multiple_choice", fields=("question", "choices", "answer"),
                        render=_mc_render, gold=_mc_gold, parse=_letter_parse, labels=_mc_labels)
 
-TASKS: dict[str, Task] = {t.name: t for t in (gsm8k, commonsenseqa, multiple_choice)}
+TASKS: dict[str, Task] = {t.name: t for t in (gsm8k, bigmath, capitals, commonsenseqa, mmlu_pro,
+                                              supergpqa, multiple_choice)}
 
 
 def get_task(name: str) -> Task:

@@ -89,24 +89,29 @@ def _lora(config) -> LoraConfig | None:
                     targets_from_names(config.lora.targets))
 
 
+def check_tokenizers(config):
+  """(student tokenizer, whether the teacher's is the same); raises for a token-level method
+  across two tokenizers. Reads tokenizers only, so it runs before anything is written."""
+  student_tok = load_tokenizer(config.student)
+  teacher_tok = resolve.load_trained_tokenizer(config.teacher)
+  same = (teacher_tok.vocab_size == student_tok.vocab_size
+          and teacher_tok.encode(_PROBE) == student_tok.encode(_PROBE))
+  if config.method != "sft" and not same:
+    raise ConfigError(f"The teacher ({config.teacher}) and the student ({config.student}) have "
+                      f"different tokenizers, so token-level losses ({config.method}) have no "
+                      "common vocabulary. Use method 'sft', which learns from the teacher's "
+                      "text, or a student that shares the teacher's tokenizer.")
+  return student_tok, same
+
+
 def setup(config, need_teacher: bool = True) -> Setup:
   """Checks the config, data and tokenizers, then loads the student (and the teacher)."""
   config_lib.check(config)
   train, evaluation = _records(config.train), _records(config.eval)
   mesh = sharding_lib.make_mesh(dict(config.mesh))
   rules = tuple(tuple(r) for r in config.rules) or sharding_lib.DEFAULT_RULES
-  student_tok = load_tokenizer(config.student)
-  teacher_tok_spec = (read_identity(config.teacher)["teacher"]
-                      if resolve.is_workdir(config.teacher) else config.teacher)
-  teacher_tok = load_tokenizer(teacher_tok_spec)
-  same = (teacher_tok.vocab_size == student_tok.vocab_size
-          and teacher_tok.encode(_PROBE) == student_tok.encode(_PROBE))
+  student_tok, same = check_tokenizers(config)
   share, beta = config_lib.knobs(config)
-  if config.method != "sft" and not same:
-    raise ConfigError(f"The teacher ({config.teacher}) and the student ({config.student}) have "
-                      f"different tokenizers, so token-level losses ({config.method}) have no "
-                      "common vocabulary. Use method 'sft', which learns from the teacher's "
-                      "text, or a student that shares the teacher's tokenizer.")
   student = load_student(config, mesh, rules)
   teacher = None
   if need_teacher:
@@ -224,8 +229,7 @@ def teacher_samples(s: Setup, workdir: Path, progress: bool) -> samples_lib.Teac
   if s.teacher is None:
     s.teacher, _ = resolve.load_trained(c.teacher, c.dtype, s.mesh, s.rules)
   task, records = s.train
-  teacher_tok = load_tokenizer(read_identity(c.teacher)["teacher"]
-                               if resolve.is_workdir(c.teacher) else c.teacher)
+  teacher_tok = resolve.load_trained_tokenizer(c.teacher)
   prompts = [teacher_tok.encode_prompt(task.prompt(r), chat=c.chat) for r in records]
   out = samples_lib.sample(s.teacher.params, s.teacher.config, teacher_tok, prompts, c,
                            mesh=s.mesh, rules=s.rules, progress=progress)
@@ -248,6 +252,8 @@ def run(config, workdir: str | Path, progress: bool = True, stop_after: int | No
   """
   workdir = Path(workdir)
   config_lib.check(config)
+  check_tokenizers(config)
+  _records(config.train), _records(config.eval)  # bad data fails before the workdir is bound
   ckpt = RunCheckpoints(workdir, identity(config), keep=config.keep_checkpoints)
   s = setup(config, need_teacher=config.method != "sft")
   cache = None

@@ -120,6 +120,15 @@ def calibrated_teacher(workdir: str | Path, dtype: str | None = None, mesh=None,
   return dataclasses.replace(base, params=_place(merged, base.config, mesh, rules))
 
 
+def load_trained_tokenizer(spec: str | Path) -> Tokenizer:
+  """The tokenizer of any model spec `load_trained` takes (no weights are read)."""
+  if is_workdir(spec):
+    identity = read_identity(spec)
+    return load_tokenizer(identity["student" if identity.get("run_kind") == DISTILL_KIND
+                                   else "teacher"])
+  return load_tokenizer(str(spec))
+
+
 def load_trained(spec: str | Path, dtype: str = "float32", mesh=None,
                  rules: Sequence = sharding_lib.DEFAULT_RULES, step: int | None = None
                  ) -> tuple[LoadedModel, Tokenizer]:
@@ -135,11 +144,10 @@ def load_trained(spec: str | Path, dtype: str = "float32", mesh=None,
   Raises:
     ModelNotFoundError, RunStateError: with the fix.
   """
+  tokenizer = load_trained_tokenizer(spec)
   if is_workdir(spec):
-    identity = read_identity(spec)
-    if identity.get("run_kind") == DISTILL_KIND:
+    if read_identity(spec).get("run_kind") == DISTILL_KIND:
       from kdknob_jax.trainers import distill  # pylint: disable=g-import-not-at-top
-      model = distill.trained_student(spec, dtype, mesh, rules, step)
-      return model, load_tokenizer(identity["student"])
-    return calibrated_teacher(spec, dtype, mesh, rules, step), load_tokenizer(identity["teacher"])
-  return load_model(str(spec), dtype=dtype, mesh=mesh, rules=rules), load_tokenizer(str(spec))
+      return distill.trained_student(spec, dtype, mesh, rules, step), tokenizer
+    return calibrated_teacher(spec, dtype, mesh, rules, step), tokenizer
+  return load_model(str(spec), dtype=dtype, mesh=mesh, rules=rules), tokenizer
