@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs `python -m kdknob_jax.calibrate` on every worker of a Cloud TPU VM slice: creates the
+# Runs `python -m kdknob_jax.calibrate` (or another entry point, --module) on every worker of a Cloud TPU VM slice: creates the
 # slice (or reuses it), copies this repository's committed tree to every worker, installs it, and
 # starts the same command everywhere. See launch/README.md.
 set -euo pipefail
@@ -24,7 +24,9 @@ Optional:
   --jax-spec SPEC      pip spec of JAX for TPU, default 'jax[tpu]'        (JAX_TPU_SPEC)
   --skip-create        the slice exists; do not describe or create it
   --skip-install       the workers already have this ref installed
-  --detach             run under nohup on every worker, logging to ~/kdknob_calibrate.log
+  --module MODULE      entry point: kdknob_jax.calibrate (default), kdknob_jax.distill,
+                       kdknob_jax.pipeline or kdknob_jax.pilot                  (KDKNOB_MODULE)
+  --detach             run under nohup on every worker, logging to ~/kdknob_run.log
   --dry-run            print the commands instead of running them
   -h, --help           this text
 
@@ -40,6 +42,7 @@ EOF
 die() { echo "tpu_pod.sh: $*" >&2; echo "Run launch/tpu_pod.sh --help for usage." >&2; exit 2; }
 
 CONFIG="${CONFIG:-}"
+MODULE="${KDKNOB_MODULE:-kdknob_jax.calibrate}"
 WORKDIR="${WORKDIR:-}"
 NAME="${TPU_NAME:-}"
 ZONE="${TPU_ZONE:-}"
@@ -54,6 +57,7 @@ EXTRA=()
 while (($#)); do
   case "$1" in
     --config) CONFIG="${2:?--config needs a value}"; shift 2 ;;
+    --module) MODULE="${2:?--module needs a value}"; shift 2 ;;
     --workdir) WORKDIR="${2:?--workdir needs a value}"; shift 2 ;;
     --name) NAME="${2:?--name needs a value}"; shift 2 ;;
     --zone) ZONE="${2:?--zone needs a value}"; shift 2 ;;
@@ -153,12 +157,16 @@ if ((!SKIP_INSTALL)); then
 fi
 
 # 3. The same command on every worker.
-CMD="cd $REMOTE_DIR && KDKNOB_DISTRIBUTED=auto python3 -m kdknob_jax.calibrate"
+case "$MODULE" in
+  kdknob_jax.calibrate|kdknob_jax.distill|kdknob_jax.pipeline|kdknob_jax.pilot) ;;
+  *) die "--module must be kdknob_jax.calibrate, .distill, .pipeline or .pilot (got $MODULE)" ;;
+esac
+CMD="cd $REMOTE_DIR && KDKNOB_DISTRIBUTED=auto python3 -m $MODULE"
 CMD+=" --config $(q "$CONFIG") --workdir $(q "$WORKDIR")"
 for arg in "${EXTRA[@]+"${EXTRA[@]}"}"; do
   CMD+=" $(q "$arg")"
 done
 if ((DETACH)); then
-  CMD="nohup bash -c $(q "$CMD") > ~/kdknob_calibrate.log 2>&1 < /dev/null &"
+  CMD="nohup bash -c $(q "$CMD") > ~/kdknob_run.log 2>&1 < /dev/null &"
 fi
 run "${TPU[@]}" ssh "$NAME" "${WHERE[@]}" --worker=all --command="$CMD"

@@ -1,0 +1,17 @@
+r"""Table 2 for the Gemma-3 family: teacher google/gemma-3-12b-it, student google/gemma-3-1b-it,
+GSM8K, bf16. Calibrated teachers at λ = ±1 with the paper's recipe; students by SFT, GKD-FKL
+and GKD-RKL from each teacher; 16 samples per test question. Weights come from the local Hugging
+Face cache.
+
+  8×H100 (one host):  python -m kdknob_jax.pipeline --config configs/pipeline_gemma3.py --workdir runs/gemma3
+  TPU v5p slice:      launch/tpu_pod.sh --name NAME --zone ZONE --accelerator v5p-64 \
+                        --module kdknob_jax.pipeline --config configs/pipeline_gemma3.py:v5p \
+                        --workdir gs://BUCKET/gemma3
+"""
+
+from kdknob_jax.trainers.pipeline_paper import paper_pipeline
+
+
+def get_config(arg: str | None = None):
+  """The config; arg "v5p" for a TPU v5p slice."""
+  return paper_pipeline("google/gemma-3-12b-it", "google/gemma-3-1b-it", arg)
