@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_MODEL ?= smollm2-135m-instruct
 
-.PHONY: install demo compare pilot bench-calibrate test clean
+.PHONY: install demo compare pilot pipeline bench-calibrate test clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ demo: install
 
 compare: install
 	$(BIN)/python -m kdknob_jax.compare --model $(DEMO_MODEL) --json out/compare_$(DEMO_MODEL).json
+
+# Table 2 on the embedded model: calibrated teachers, students, evaluation (tens of minutes).
+pipeline: install
+	$(BIN)/python -m kdknob_jax.pipeline --config configs/tiny_pipeline.py --workdir out/tiny_pipeline
 
 pilot: install
 	$(BIN)/python -m kdknob_jax.pilot --config configs/pilot_embedded.py --workdir out/pilot_embedded

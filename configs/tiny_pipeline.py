@@ -43,7 +43,7 @@ def get_config(arg: str | None = None):
   d.train.update(train)
   d.eval.update(held_out)
   d.update(prompts_per_step=2 if smoke else 8, samples_per_prompt=2, max_new_tokens=16,
-           steps=1 if smoke else 12, eval_every=0, checkpoint_every=6, chat=True)
+           steps=1 if smoke else 10, eval_every=0, checkpoint_every=5, chat=True)
   d.optimizer.update(lr=5e-5, warmup_steps=0)
   d.mesh = dict(data=1, fsdp=-1, tensor=1)
   if smoke:

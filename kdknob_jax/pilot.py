@@ -14,7 +14,6 @@ with every number behind them plus each sample's text and scores.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from pathlib import Path
 import jax
@@ -27,7 +26,7 @@ from kdknob_jax.decode.text import encode_prompts, generate_text
 from kdknob_jax.diagnostics.report import tail_figure_data, write_all
 from kdknob_jax.diagnostics.summary import table_row
 from kdknob_jax.diagnostics.traps import score_sequences
-from kdknob_jax.errors import ConfigError, KdknobError
+from kdknob_jax.errors import ConfigError
 from kdknob_jax.hf import load_config, load_model, load_tokenizer
 from kdknob_jax.models.derive import first_layers
 
@@ -206,36 +205,14 @@ def run(config, workdir: str | Path, progress: bool = True) -> dict[str, Path]:
   return write_all(workdir, rows, panels, extra)
 
 
-def main(argv: list[str]) -> int:
-  """absl entry point: `--config FILE[:arg]`, `--workdir`, `--config.key=value` overrides."""
-  del argv
-  from absl import logging  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(logging.WARNING)  # JAX's backend probing is noise here
-  config = _FLAGS.config
-  workdir = _FLAGS.workdir or str(Path("runs") / Path(_FLAGS["config"].config_filename).stem)
-  try:
-    paths = run(config, workdir)
-  except KdknobError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+def _report(paths: dict, config, workdir: str) -> None:
+  del config, workdir
   print((Path(paths["markdown"]).read_text(encoding="utf-8")))
   for what, path in paths.items():
     print(f"{what}: {path}")
-  return 0
-
-
-def _define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file("config", None, "A pilot config file (configs/pilot_*.py).",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Output directory (default runs/<config name>).")
-  flags.mark_flags_as_required(["config"])
-  return flags.FLAGS
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
-  _FLAGS = _define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
-
+  from kdknob_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.config_command("A pilot config file (configs/pilot_*.py).", run, _report,
+                     distributed_start=False)

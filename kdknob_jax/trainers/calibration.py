@@ -285,10 +285,13 @@ def step_flops(s: Setup, info: dict) -> float:
   prompt = float(sum(len(p) for p in info["ids"]))
   ctx = float(np.mean([len(p) for p in info["ids"]])) + c.max_new_tokens / 2
   fwd = metrics_lib.decoder_flops_per_token(n_t, tc.num_layers, tc.hidden_size, ctx)
+  # The step differentiates through the merged weights W + (α/r)·A·B, so it computes the full
+  # weight gradient dW (then projects it onto A and B): a backward with weight gradients.
   bwd = metrics_lib.decoder_flops_per_token(n_t, tc.num_layers, tc.hidden_size, ctx,
-                                            backward=True, weight_grads=False)
+                                            backward=True, weight_grads=True)
   tgt = metrics_lib.decoder_flops_per_token(n_g, gc.num_layers, gc.hidden_size, ctx)
-  scored = 2 if c.beta else 1
+  # Scoring: the base for the KL anchor, and the sampling policy only off policy (μ > 1).
+  scored = int(bool(c.beta)) + int(c.inner_updates > 1)
   return ((prompt + comp) * fwd + (prompt + comp) * fwd * scored
           + (prompt + comp) * bwd * c.inner_updates + (prompt + comp) * tgt * bool(c.lam))
 

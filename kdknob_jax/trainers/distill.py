@@ -12,7 +12,6 @@ uninterrupted one does.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -25,13 +24,12 @@ from kdknob_jax import metrics as metrics_lib
 from kdknob_jax import sharding as sharding_lib
 from kdknob_jax.checkpoint import RunCheckpoints, read_identity
 from kdknob_jax.decode import SamplingConfig
-from kdknob_jax.decode.engine import Generation, _batch_divisor, generate_ids
+from kdknob_jax.decode.engine import _batch_divisor, generate_ids
 from kdknob_jax.errors import ConfigError
 from kdknob_jax.hf import LoadedModel, load_model, load_tokenizer
 from kdknob_jax.models import param_axes
 from kdknob_jax.models.derive import keep_layers
 from kdknob_jax.rl.lora import LoraConfig, init_lora, lora_axes, targets_from_names
-from kdknob_jax.rl.rewards import completion_ids
 from kdknob_jax.trainers import distill_config as config_lib
 from kdknob_jax.trainers import resolve
 from kdknob_jax.trainers import rollouts as rollouts_lib

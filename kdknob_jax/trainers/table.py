@@ -31,12 +31,14 @@ def claims(results: Mapping[str, Mapping[str, float]], metric: str = "accuracy")
   """The paper's claims at this scale, each with its figures and whether it holds."""
   acc = {row: float(m[metric]) for row, m in results.items()}
   out = []
-  if acc.get("teacher"):
-    ratio = acc["teacher_undistillable"] / acc["teacher"]
-    out.append(dict(claim=f"the undistillable teacher keeps >= {RETAIN:.0%} of the original "
-                    f"teacher's {metric}", holds=ratio >= RETAIN,
-                    figures=f"{acc['teacher_undistillable']:.3f} / {acc['teacher']:.3f} = "
-                    f"{ratio:.1%}"))
+  if "teacher" in acc and "teacher_undistillable" in acc:
+    t, u = acc["teacher"], acc["teacher_undistillable"]
+    claim = f"the undistillable teacher keeps >= {RETAIN:.0%} of the original teacher's {metric}"
+    if t > 0:
+      out.append(dict(claim=claim, holds=u / t >= RETAIN, figures=f"{u:.3f} / {t:.3f} = "
+                      f"{u / t:.1%}"))
+    else:  # a ratio to 0 means nothing: the original teacher solved none
+      out.append(dict(claim=claim, holds=None, figures=f"{u:.3f} / 0: untestable"))
   baselines = {r: a for r, a in acc.items() if r.startswith("student_")}
   best = max(baselines.values()) if baselines else None
   for row, a in acc.items():
@@ -66,8 +68,8 @@ def build(results: Mapping[str, Mapping[str, float]], config, seconds: float) ->
                  + " |")
   checked = claims(results)
   lines += ["", "| claim | figures | holds |", "| --- | --- | --- |"]
-  lines += [f"| {x['claim']} | {x['figures']} | {'yes' if x['holds'] else 'no'} |"
-            for x in checked]
+  verdict = {True: "yes", False: "no", None: "n/a"}
+  lines += [f"| {x['claim']} | {x['figures']} | {verdict[x['holds']]} |" for x in checked]
   lines += ["", f"{e.task}, {e.n} samples per prompt at temperature {e.temperature}; "
             f"wall time of this pipeline invocation {seconds / 60:.1f} min."]
   return {"columns": columns, "rows": rows, "claims": checked, "seconds": seconds,

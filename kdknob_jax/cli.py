@@ -1,0 +1,50 @@
+"""The shared shape of the config-driven command lines (calibrate, distill, pipeline, pilot):
+`--config FILE[:arg]` with `--config.key=value` overrides, `--workdir`, multi-process start-up,
+and errors of ours printed as one line with exit status 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+from kdknob_jax.errors import KdknobError
+
+
+def config_command(what: str, run: Callable[[object, str], dict],
+                   report: Callable[[dict, object, str], None],
+                   distributed_start: bool = True) -> None:
+  """Parses the flags and runs `run(config, workdir)`, then `report(result, config, workdir)`
+  on the main process. Exits with 0, or 2 after printing a `KdknobError`.
+
+  Args:
+    what: the config files it takes, for --help ("A calibration config (configs/...)").
+    run: the command's work.
+    report: prints the outcome.
+    distributed_start: join a multi-process run first (`kdknob_jax.distributed.initialize`).
+  """
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file("config", None, what, lock_config=True)
+  flags.DEFINE_string("workdir", None, "Run directory (default runs/<config name>).")
+  flags.mark_flags_as_required(["config"])
+  parsed = flags.FLAGS
+
+  def main(argv: list[str]) -> int:
+    del argv
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    from kdknob_jax import distributed  # pylint: disable=g-import-not-at-top
+    logging.set_verbosity(logging.WARNING)  # JAX's backend probing is noise here
+    workdir = parsed.workdir or str(Path("runs") / Path(parsed["config"].config_filename).stem)
+    try:
+      if distributed_start:
+        distributed.initialize()
+      result = run(parsed.config, workdir)
+    except KdknobError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+    if distributed.is_main():
+      report(result, parsed.config, workdir)
+    return 0
+
+  app.run(lambda argv: sys.exit(main(argv)))

@@ -1,0 +1,92 @@
+"""The pipeline's config checks and its Table 2 (claims, markdown, JSON, PNG) on hand-made
+results. The stages themselves are the calibration and distillation runs tested elsewhere; the
+whole pipeline on the embedded models is the README's measured run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kdknob_jax.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str, arg: str | None = None):
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  del config_flags
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.mark.parametrize("name,arg", [("tiny_pipeline", None), ("tiny_pipeline", "smoke"),
+                                      ("pipeline_qwen3", None), ("pipeline_qwen3", "v5p"),
+                                      ("pipeline_gemma3", None)])
+def test_every_pipeline_config_passes_its_checks(name, arg):
+  from kdknob_jax.trainers import pipeline  # pylint: disable=g-import-not-at-top
+  c = _load(name, arg)
+  pipeline.check(c)
+  # every calibration targets the student, every student learns from one of three teachers
+  assert pipeline._calibration(c, -1.0, "S").lam == -c.lam
+  assert pipeline._distill(c, "gkd_rkl", "T", "S", "x.parquet").method == "gkd_rkl"
+
+
+def test_bad_pipeline_settings_are_refused():
+  from kdknob_jax.trainers import pipeline  # pylint: disable=g-import-not-at-top
+  c = _load("tiny_pipeline")
+  c.lam = -1.0
+  with pytest.raises(ConfigError, match=r"\|λ\|"):
+    pipeline.check(c)
+  c = _load("tiny_pipeline")
+  c.calibrated_methods = "sft,kd"
+  with pytest.raises(ConfigError, match="kd"):
+    pipeline.check(c)
+  c = _load("tiny_pipeline")
+  c.evaluation.ks = "1,64"
+  with pytest.raises(ConfigError, match="n = 16"):
+    pipeline.check(c)
+
+
+RESULTS = {
+    "teacher": {"accuracy": 0.60, "maj@16": 0.7, "pass@16": 0.9, "greedy_accuracy": 0.65},
+    "teacher_distillable": {"accuracy": 0.62, "maj@16": 0.7, "pass@16": 0.9,
+                            "greedy_accuracy": 0.6},
+    "teacher_undistillable": {"accuracy": 0.58, "maj@16": 0.6, "pass@16": 0.9,
+                              "greedy_accuracy": 0.6},
+    "student": {"accuracy": 0.10, "maj@16": 0.1, "pass@16": 0.4, "greedy_accuracy": 0.1},
+    "student_sft": {"accuracy": 0.30, "maj@16": 0.3, "pass@16": 0.5, "greedy_accuracy": 0.3},
+    "student_gkd_fkl": {"accuracy": 0.35, "maj@16": 0.3, "pass@16": 0.5,
+                        "greedy_accuracy": 0.3},
+    "improve_sft": {"accuracy": 0.34, "maj@16": 0.3, "pass@16": 0.5, "greedy_accuracy": 0.3},
+    "misled_sft": {"accuracy": 0.20, "maj@16": 0.2, "pass@16": 0.5, "greedy_accuracy": 0.2},
+}
+
+
+def test_table_checks_the_three_claims_and_writes_every_format(tmp_path):
+  from kdknob_jax.trainers import table  # pylint: disable=g-import-not-at-top
+  c = _load("tiny_pipeline")
+  tab = table.build(RESULTS, c, 125.0)
+  got = {x["claim"]: (x["holds"], x["figures"]) for x in tab["claims"]}
+  assert len(got) == 3
+  retain = next(v for k, v in got.items() if "keeps" in k)
+  assert retain == (True, "0.580 / 0.600 = 96.7%")  # 0.58 / 0.60 >= 95 %
+  misled = next(v for k, v in got.items() if "misled" in k)
+  assert misled == (True, "0.200 vs 0.300")  # below the plain SFT student
+  improve = next(v for k, v in got.items() if "improve" in k)
+  assert improve == (False, "0.340 vs best baseline 0.350")  # below GKD-FKL's 0.35
+  assert tab["columns"] == ["accuracy", "maj@16", "pass@16", "greedy_accuracy"]
+  assert "| misled: student ← undistillable teacher, SFT | 20.0% |" in tab["markdown"]
+  assert "2.1 min" in tab["markdown"]
+  paths = table.write(tab, tmp_path)
+  saved = json.loads(paths["json"].read_text())
+  assert saved["rows"]["student_sft"]["accuracy"] == 0.30 and len(saved["claims"]) == 3
+  assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # A teacher that solves nothing leaves the retention claim untestable, not "failed".
+  zero = dict(RESULTS, teacher=dict(RESULTS["teacher"], accuracy=0.0))
+  first = table.claims(zero)[0]
+  assert first["holds"] is None and "untestable" in first["figures"]
