@@ -15,10 +15,7 @@ GSM8K_TEST = data_root() / "gsm8k" / "test.jsonl"
 CSQA_SAMPLE = data_root() / "commonsenseqa" / "sample200.jsonl"
 
 
-def _need(path):
-  if not path.is_file():
-    pytest.skip(f"{path} is absent (the shared data folder is not on this machine; set "
-                f"$KDKNOB_DATA to where it is to run this test)")
+from tests.test_data import _need  # pylint: disable=g-bad-import-order
 
 
 def _write_jsonl(path, lines):

@@ -137,6 +137,21 @@ def replicate(x: jax.Array, mesh) -> jax.Array:
   return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
+def resume(ckpt: RunCheckpoints, writer, state, saved, config, mesh):
+  """(state, root key, first step): restored from the workdir's latest checkpoint (metrics
+  past it dropped), or the initial state and a fresh key (hparams written). Every key of the
+  run derives from the root key and the step. `saved(state, root)` is the checkpoint tree."""
+  root = replicate(jax.random.PRNGKey(config.seed), mesh)
+  if ckpt.latest_step() is None:
+    writer.write_hparams(config_lib.flat_hparams(config))
+    return state, root, 0
+  restored, meta = ckpt.restore(saved(state, root))
+  root = restored.pop("rng")
+  start = int(meta["step"])
+  writer.truncate_after(start)
+  return state.replace(**restored), root, start
+
+
 def _saved(state: step_lib.CalibState, rng: jax.Array) -> dict:
   return {"step": state.step, "lora": state.lora, "opt_state": state.opt_state, "rng": rng}
 
@@ -315,18 +330,8 @@ def run(config, workdir: str | Path, progress: bool = True, stop_after: int | No
   ckpt = RunCheckpoints(workdir, identity(config), keep=config.keep_checkpoints)
   s = setup(config)
   state = initial_state(s)
-  start = 0
   writer = metrics_lib.Writer(workdir, console=not progress)
-  # Every key of the run derives from this one and the step.
-  root = replicate(jax.random.PRNGKey(config.seed), s.mesh)
-  if ckpt.latest_step() is not None:
-    restored, meta = ckpt.restore(_saved(state, root))
-    root = restored.pop("rng")
-    state = state.replace(**restored)
-    start = int(meta["step"])
-    writer.truncate_after(start)
-  else:
-    writer.write_hparams(config_lib.flat_hparams(config))
+  state, root, start = resume(ckpt, writer, state, _saved, config, s.mesh)
   peak = config.peak_flops or metrics_lib.device_peak_flops()
   n_dev = len(s.mesh.devices.flat)
   bar = tqdm(total=config.steps, initial=start, desc="calibrate", unit="step",

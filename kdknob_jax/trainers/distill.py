@@ -35,8 +35,7 @@ from kdknob_jax.trainers import resolve
 from kdknob_jax.trainers import rollouts as rollouts_lib
 from kdknob_jax.trainers import samples as samples_lib
 from kdknob_jax.trainers import step as step_lib
-from kdknob_jax.trainers.calibration import _pad_id, _records, _settle, replicate
-from kdknob_jax.trainers.config import flat_hparams
+from kdknob_jax.trainers.calibration import _pad_id, _records, _settle, replicate, resume
 from kdknob_jax.trainers.distill_step import DistillState, LossConfig, make_train_step
 
 _PROBE = "Distil 12,345 tokens: naïve café — ∑ ok?"
@@ -51,7 +50,6 @@ class Setup:
   student: LoadedModel
   student_tok: object
   teacher: LoadedModel | None
-  teacher_spec: str
   same_tokenizer: bool
   train: tuple
   eval: tuple
@@ -120,7 +118,7 @@ def setup(config, need_teacher: bool = True) -> Setup:
                      int(config.chunk))
   o = config.optimizer
   optimizer = step_lib.make_optimizer(o.lr, o.warmup_steps, o.clip, o.weight_decay, o.b1, o.b2)
-  return Setup(config, mesh, rules, student, student_tok, teacher, str(config.teacher), same,
+  return Setup(config, mesh, rules, student, student_tok, teacher, same,
                train, evaluation, _lora(config), lossc, share, optimizer, prompt_ids,
                max(len(p) for p in prompt_ids), _batch_divisor(mesh, rules))
 
@@ -261,16 +259,7 @@ def run(config, workdir: str | Path, progress: bool = True, stop_after: int | No
       s.teacher = None  # SFT needs only the samples: free the teacher's memory
   state = initial_state(s)
   writer = metrics_lib.Writer(workdir, console=not progress)
-  root = replicate(jax.random.PRNGKey(config.seed), s.mesh)
-  start = 0
-  if ckpt.latest_step() is not None:
-    restored, meta = ckpt.restore(_saved(state, root))
-    root = restored.pop("rng")
-    state = state.replace(**restored)
-    start = int(meta["step"])
-    writer.truncate_after(start)
-  else:
-    writer.write_hparams(flat_hparams(config))
+  state, root, start = resume(ckpt, writer, state, _saved, config, s.mesh)
   bar = tqdm(total=config.steps, initial=start, desc=f"distill {config.method}", unit="step",
              disable=not progress or jax.process_index() != 0)
   last, done_here = {}, 0
