@@ -12,7 +12,7 @@ Weights come from the local Hugging Face cache (nothing is downloaded at run tim
                        python -m kdknob_jax.calibrate --config configs/llama8b_undistill.py:laptop
 """
 
-from kdknob_jax.trainers.config import paper_config
+from kdknob_jax.calibration.config import paper_config
 
 
 def get_config(arg: str | None = None):

@@ -8,7 +8,7 @@ CommonsenseQA sample). Wall time on this 2-core CPU: README, "Pilot study".
 `--config configs/pilot_embedded.py:smoke` shrinks it to 2 prompts x 2 rollouts x 8 tokens.
 """
 
-from kdknob_jax.pilot import apply_arg, base_config
+from kdknob_jax.experiments.pilot_config import apply_arg, base_config
 
 
 def get_config(arg: str | None = None):

@@ -9,7 +9,7 @@ Then (bfloat16, FSDP over every device):
 A `:smoke` suffix on the file name shrinks it to 2 prompts x 2 rollouts x 16 tokens.
 """
 
-from kdknob_jax.pilot import paper_config
+from kdknob_jax.experiments.pilot_config import paper_config
 
 
 def get_config(arg: str | None = None):

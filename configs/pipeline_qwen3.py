@@ -9,7 +9,7 @@ cache (nothing is downloaded at run time).
                         --workdir gs://BUCKET/qwen3
 """
 
-from kdknob_jax.trainers.pipeline_paper import paper_pipeline
+from kdknob_jax.experiments.pipeline_config import paper_pipeline
 
 
 def get_config(arg: str | None = None):

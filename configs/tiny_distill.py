@@ -8,7 +8,7 @@ laptop CPU in minutes (README, "Calibration", has the measured time).
 `--config configs/tiny_distill.py:smoke` is a 2-step run for tests and first tries.
 """
 
-from kdknob_jax.trainers.config import base_config, shrink
+from kdknob_jax.calibration.config import base_config, shrink
 
 
 def get_config(arg: str | None = None):

@@ -11,8 +11,8 @@ questions (109 train, 32 of the 50 test questions evaluated, 16 samples each).
 `:smoke` shrinks every stage to a step or two (for tests).
 """
 
-from kdknob_jax.trainers import distill_config
-from kdknob_jax.trainers.pipeline import base_config
+from kdknob_jax.distillation import config as distill_config
+from kdknob_jax.experiments.pipeline_config import base_config
 
 
 def get_config(arg: str | None = None):

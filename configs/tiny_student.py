@@ -1,6 +1,6 @@
 """A student distilled on the embedded default: SmolLM2-135M-Instruct teaches a 24-layer student
 cut from itself (layers 15–20 dropped, so the two share a tokenizer; see
-`kdknob_jax.trainers.distill_config.EMBEDDED_STUDENT_KEEP`), on the built-in capitals task.
+`kdknob_jax.distillation.config.EMBEDDED_STUDENT_KEEP`), on the built-in capitals task.
 
   python -m kdknob_jax.distill --config configs/tiny_student.py --workdir runs/student_fkl
   python -m kdknob_jax.distill --config configs/tiny_student.py:laptop,gkd_rkl --workdir runs/rkl
@@ -10,7 +10,7 @@ cut from itself (layers 15–20 dropped, so the two share a tokenizer; see
 The argument is "[laptop|smoke][,method]" (method: sft, gkd_fkl, gkd_rkl; default gkd_fkl).
 """
 
-from kdknob_jax.trainers.distill_config import base_config, embedded
+from kdknob_jax.distillation.config import base_config, embedded
 
 
 def get_config(arg: str | None = None):

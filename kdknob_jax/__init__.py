@@ -1,7 +1,10 @@
 """kdknob_jax: a calibration knob for LLM distillability, in JAX/Flax.
 
-Layers (dependency direction): entry points -> trainers -> {evals, decode, hf} -> models ->
-{ops, sharding}; errors is a leaf. The core package never imports torch.
+Layers (imports run down): entry points (calibrate, distill, pipeline, pilot, evaluate, export,
+generate, compare, bench) and cli -> experiments -> {calibration, distillation} -> train ->
+runs -> {evals, diagnostics, decode, hf} -> models -> ops; sharding, settings, distributed,
+errors and data are leaves. The core package never imports torch. README, "Layout", has the
+map.
 """
 
 __version__ = "0.1.0"

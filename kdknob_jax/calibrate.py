@@ -18,8 +18,13 @@ from pathlib import Path
 from kdknob_jax import cli
 
 
+def _build(values):
+  from kdknob_jax.calibration import config  # pylint: disable=g-import-not-at-top
+  return config.build(values)
+
+
 def _run(config, workdir: str) -> dict:
-  from kdknob_jax.trainers import calibration  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.calibration import trainer as calibration  # pylint: disable=g-import-not-at-top
   return calibration.run(config, workdir)
 
 
@@ -35,4 +40,4 @@ def _report(result: dict, config, workdir: str) -> None:
 
 
 if __name__ == "__main__":
-  cli.config_command("A calibration config (configs/*distill.py).", _run, _report)
+  cli.config_command("A calibration config (configs/*distill.py).", _build, _run, _report)

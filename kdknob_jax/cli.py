@@ -1,6 +1,7 @@
 """The shared shape of the config-driven command lines (calibrate, distill, pipeline, pilot):
 `--config FILE[:arg]` with `--config.key=value` overrides, `--workdir`, multi-process start-up,
-and errors of ours printed as one line with exit status 2."""
+the one conversion of the ConfigDict into the command's typed, checked settings, and errors of
+ours printed as one line with exit status 2."""
 
 from __future__ import annotations
 
@@ -11,14 +12,17 @@ from typing import Callable
 from kdknob_jax.errors import KdknobError
 
 
-def config_command(what: str, run: Callable[[object, str], dict],
+def config_command(what: str, build: Callable[[object], object],
+                   run: Callable[[object, str], dict],
                    report: Callable[[dict, object, str], None],
                    distributed_start: bool = True) -> None:
-  """Parses the flags and runs `run(config, workdir)`, then `report(result, config, workdir)`
-  on the main process. Exits with 0, or 2 after printing a `KdknobError`.
+  """Parses the flags, builds the typed settings with `build(config_dict)` and runs
+  `run(settings, workdir)`, then `report(result, settings, workdir)` on the main process.
+  Exits with 0, or 2 after printing a `KdknobError`.
 
   Args:
     what: the config files it takes, for --help ("A calibration config (configs/...)").
+    build: turns the ConfigDict into the command's checked, typed settings.
     run: the command's work.
     report: prints the outcome.
     distributed_start: join a multi-process run first (`kdknob_jax.distributed.initialize`).
@@ -37,14 +41,15 @@ def config_command(what: str, run: Callable[[object, str], dict],
     logging.set_verbosity(logging.WARNING)  # JAX's backend probing is noise here
     workdir = parsed.workdir or str(Path("runs") / Path(parsed["config"].config_filename).stem)
     try:
+      settings = build(parsed.config)  # checked before a multi-process run joins up
       if distributed_start:
         distributed.initialize()
-      result = run(parsed.config, workdir)
+      result = run(settings, workdir)
     except KdknobError as e:
       print(f"error: {e}", file=sys.stderr)
       return 2
     if distributed.is_main():
-      report(result, parsed.config, workdir)
+      report(result, settings, workdir)
     return 0
 
   app.run(lambda argv: sys.exit(main(argv)))

@@ -16,8 +16,13 @@ from pathlib import Path
 from kdknob_jax import cli
 
 
+def _build(values):
+  from kdknob_jax.distillation import config  # pylint: disable=g-import-not-at-top
+  return config.build(values)
+
+
 def _run(config, workdir: str) -> dict:
-  from kdknob_jax.trainers import distill  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.distillation import trainer as distill  # pylint: disable=g-import-not-at-top
   return distill.run(config, workdir)
 
 
@@ -31,4 +36,5 @@ def _report(result: dict, config, workdir: str) -> None:
 
 
 if __name__ == "__main__":
-  cli.config_command("A distillation config (configs/tiny_student.py, ...).", _run, _report)
+  cli.config_command("A distillation config (configs/tiny_student.py, ...).", _build, _run,
+                     _report)

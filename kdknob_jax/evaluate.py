@@ -23,7 +23,7 @@ from kdknob_jax.data import get_task, load_records
 from kdknob_jax.errors import ConfigError, KdknobError
 from kdknob_jax.evals.report import metrics_table, write_report
 from kdknob_jax.evals.runner import check_settings, evaluate
-from kdknob_jax.generate import parse_mesh
+from kdknob_jax.sharding import parse_mesh
 
 
 def parse_ks(spec: str | None, n: int) -> tuple[int, ...]:
@@ -88,8 +88,9 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
     mesh = sharding.make_mesh(sizes) if sizes else None
   except ValueError as e:
     raise ConfigError(f"--mesh {args.mesh!r}: {e}") from e
-  # Imported here: it pulls in the trainers, which only this step needs.
-  from kdknob_jax.trainers.resolve import load_trained  # pylint: disable=g-import-not-at-top
+  # Imported here: loading a finished run pulls in the run machinery, which only this step
+  # needs.
+  from kdknob_jax.runs.resolve import load_trained  # pylint: disable=g-import-not-at-top
   model, tokenizer = load_trained(args.model, dtype=args.dtype, mesh=mesh)
   result = evaluate(model.params, model.config, tokenizer, task, records, n=args.n, ks=ks,
                     max_new_tokens=args.max_new_tokens, temperature=args.temperature,

@@ -15,10 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from kdknob_jax.checkpoint import read_identity
+from kdknob_jax.runs.checkpoints import read_identity
 from kdknob_jax.errors import KdknobError
 from kdknob_jax.hf.save import save_pretrained
-from kdknob_jax.trainers.resolve import load_trained
+from kdknob_jax.runs.resolve import load_trained
 
 
 def export(workdir: str | Path, out: str | Path, step: int | None = None,

@@ -24,20 +24,6 @@ from kdknob_jax.errors import KdknobError
 from kdknob_jax.hf import load_model, load_tokenizer, resolve
 
 
-def parse_mesh(spec: str | None) -> dict[str, int] | None:
-  """'data=2,tensor=-1' -> {'data': 2, 'tensor': -1}; None stays None."""
-  if not spec:
-    return None
-  out = {}
-  for part in spec.split(","):
-    name, _, size = part.partition("=")
-    if name not in sharding.MESH_AXES or not size.lstrip("-").isdigit():
-      raise ValueError(f"Bad mesh entry {part!r}: use axis=size with axes {sharding.MESH_AXES}, "
-                       "e.g. data=2,tensor=-1.")
-    out[name] = int(size)
-  return out
-
-
 def _args(argv):
   p = argparse.ArgumentParser(prog="python -m kdknob_jax.generate", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,7 +52,7 @@ def main(argv=None) -> int:
     if not prompts:
       raise ValueError("No prompt given: pass --prompt TEXT (repeatable) or --prompts-file.")
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
-    mesh_sizes = parse_mesh(args.mesh)
+    mesh_sizes = sharding.parse_mesh(args.mesh)
     mesh = sharding.make_mesh(mesh_sizes) if mesh_sizes else None
     source = resolve(args.model)
     model = load_model(source, dtype=args.dtype, mesh=mesh)

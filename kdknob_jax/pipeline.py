@@ -12,8 +12,13 @@ from __future__ import annotations
 from kdknob_jax import cli
 
 
+def _build(values):
+  from kdknob_jax.experiments import pipeline_config  # pylint: disable=g-import-not-at-top
+  return pipeline_config.build(values)
+
+
 def _run(config, workdir: str) -> dict:
-  from kdknob_jax.trainers import pipeline  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.experiments import pipeline  # pylint: disable=g-import-not-at-top
   return pipeline.run(config, workdir)
 
 
@@ -25,4 +30,4 @@ def _report(result: dict, config, workdir: str) -> None:
 
 
 if __name__ == "__main__":
-  cli.config_command("A pipeline config (configs/*pipeline*.py).", _run, _report)
+  cli.config_command("A pipeline config (configs/*pipeline*.py).", _build, _run, _report)

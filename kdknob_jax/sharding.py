@@ -79,3 +79,30 @@ def shardings_for(abstract: object, axes: object, mesh: Mesh,
   return jax.tree_util.tree_map(
       lambda a, p: NamedSharding(mesh, spec_for(a.shape, tuple(p), mesh, rules)),
       abstract, axes, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def parse_mesh(spec: str | None) -> dict[str, int] | None:
+  """'data=2,tensor=-1' -> {'data': 2, 'tensor': -1}; None stays None."""
+  if not spec:
+    return None
+  out = {}
+  for part in spec.split(","):
+    name, _, size = part.partition("=")
+    if name not in MESH_AXES or not size.lstrip("-").isdigit():
+      raise ValueError(f"Bad mesh entry {part!r}: use axis=size with axes {MESH_AXES}, "
+                       "e.g. data=2,tensor=-1.")
+    out[name] = int(size)
+  return out
+
+
+def mesh_context(mesh: Mesh | None, rules: Sequence = ()):
+  """A context that runs traced code under `mesh` with the logical-axis `rules` (logical
+  constraints resolve against them); a null context without a mesh."""
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  if mesh is None:
+    return contextlib.nullcontext()
+  stack = contextlib.ExitStack()
+  stack.enter_context(mesh)
+  stack.enter_context(nn.logical_axis_rules(rules))
+  return stack

@@ -32,12 +32,12 @@ def write_data(path: Path) -> Path:
 
 def _with_tokenizer(directory: Path, hf_config: dict, embedded: str) -> Path:
   from kdknob_jax.hf import load_tokenizer, resolve  # pylint: disable=g-import-not-at-top
-  from kdknob_jax.hf.tokenizer import _gguf_tokenizer_dir  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.hf.tokenizer import gguf_tokenizer_dir  # pylint: disable=g-import-not-at-top
   tok = load_tokenizer(embedded)
   cfg = dict(hf_config, vocab_size=tok.vocab_size, eos_token_id=list(tok.eos_ids),
              bos_token_id=tok.bos_id, pad_token_id=tok.pad_id)
   make_tiny_checkpoint(directory, cfg)
-  for f in _gguf_tokenizer_dir(resolve(embedded).path).iterdir():
+  for f in gguf_tokenizer_dir(resolve(embedded).path).iterdir():
     shutil.copy(f, directory / f.name)
   return directory
 
@@ -55,8 +55,9 @@ def make_pair(root: Path) -> tuple[Path, Path]:
 
 
 def tiny_config(teacher: Path, target: Path, data: Path, **overrides):
-  """A 3-step calibration of the tiny pair on the rows of `data`."""
-  from kdknob_jax.trainers.config import base_config  # pylint: disable=g-import-not-at-top
+  """A 3-step calibration of the tiny pair on the rows of `data`, built and checked (so a bad
+  override raises ConfigError here)."""
+  from kdknob_jax.calibration.config import base_config, build  # pylint: disable=g-import-not-at-top
   c = base_config()
   c.teacher, c.target = str(teacher), str(target)
   c.dtype = "float32"
@@ -72,7 +73,7 @@ def tiny_config(teacher: Path, target: Path, data: Path, **overrides):
   c.mesh = dict(data=1, fsdp=-1, tensor=1)
   for k, v in overrides.items():
     c[k] = v
-  return c
+  return build(c)
 
 
 # Metrics that measure the machine, not the run.

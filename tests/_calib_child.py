@@ -14,7 +14,7 @@ def main() -> None:
   faulthandler.dump_traceback_later(300, exit=True)  # a hung collective shows where it hung
   teacher, target, data, workdir, mesh = sys.argv[1:6]
   info = distributed.initialize()
-  from kdknob_jax.trainers import calibration  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.calibration import trainer as calibration  # pylint: disable=g-import-not-at-top
   from tests import _calib  # pylint: disable=g-import-not-at-top
   config = _calib.tiny_config(Path(teacher), Path(target), Path(data), mesh=json.loads(mesh))
   out = calibration.run(config, workdir, progress=False)

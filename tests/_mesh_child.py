@@ -14,12 +14,13 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from kdknob_jax import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
-from kdknob_jax.decode import GREEDY, SamplingConfig, generate_ids  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kdknob_jax.decode import GREEDY, Sampler, SamplingConfig  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kdknob_jax.hf import load_model  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kdknob_jax.models import forward  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kdknob_jax.diagnostics import score_sequences  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kdknob_jax.models.derive import first_layers  # pylint: disable=g-import-not-at-top,wrong-import-position
-from kdknob_jax.ops.fused_kl import HeadSpec, fused_divergence  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kdknob_jax.ops.head import HeadSpec  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kdknob_jax.ops.fused_kl import fused_divergence  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def check_load(path: str) -> None:
@@ -52,8 +53,8 @@ def check_decode(path: str) -> None:
   prompts = [rng.integers(0, 256, n).tolist() for n in (4, 9, 13)]
   for sampling in (GREEDY, SamplingConfig(1.0, top_k=50, top_p=0.95)):
     kw = dict(n=2, max_new_tokens=12, sampling=sampling, key=jax.random.PRNGKey(5))
-    a = generate_ids(sharded.params, sharded.config, prompts, mesh=mesh, **kw)
-    b = generate_ids(single.params, single.config, prompts, **kw)
+    a = Sampler(sharded.config, mesh=mesh)(sharded.params, prompts, **kw)
+    b = Sampler(single.config)(single.params, prompts, **kw)
     np.testing.assert_array_equal(a.tokens, b.tokens)
     np.testing.assert_array_equal(a.lengths, b.lengths)
     np.testing.assert_allclose(a.model_logprobs, b.model_logprobs, atol=1e-5, rtol=0)

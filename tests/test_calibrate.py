@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from kdknob_jax.errors import ConfigError, ModelNotFoundError, RunStateError
-from kdknob_jax.metrics import read_jsonl
+from kdknob_jax.runs.metrics import read_jsonl
 from tests import _calib
 
 HERE = Path(__file__).parent
@@ -34,7 +34,7 @@ def pair(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(pair, tmp_path_factory):
   """An uninterrupted 3-step run on one device: (workdir, metrics rows)."""
-  from kdknob_jax.trainers import calibration  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.calibration import trainer as calibration  # pylint: disable=g-import-not-at-top
   workdir = tmp_path_factory.mktemp("reference")
   calibration.run(_calib.tiny_config(*pair), workdir, progress=False)
   return workdir, read_jsonl(workdir / "metrics.jsonl")
@@ -70,7 +70,7 @@ def test_run_writes_every_metric_and_checkpoint(reference):
 
 
 def test_killed_run_resumes_to_the_same_metrics(pair, reference, tmp_path):
-  from kdknob_jax.trainers import calibration  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.calibration import trainer as calibration  # pylint: disable=g-import-not-at-top
   config = _calib.tiny_config(*pair)
   calibration.run(config, tmp_path, progress=False, stop_after=1)  # "killed" after step 1
   # A crash during step 2 can leave partial metrics behind; the resume drops them.
@@ -118,7 +118,7 @@ def _finish(procs: list[subprocess.Popen], timeout: float) -> None:
 
 
 def test_changed_settings_in_an_existing_workdir_are_refused(pair, reference, tmp_path):
-  from kdknob_jax.trainers import calibration  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.calibration import trainer as calibration  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "run"
   shutil.copytree(reference[0], workdir)
   before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
@@ -129,7 +129,7 @@ def test_changed_settings_in_an_existing_workdir_are_refused(pair, reference, tm
 
 
 def test_a_damaged_checkpoint_is_reported_and_left_in_place(pair, reference, tmp_path):
-  from kdknob_jax.trainers import calibration  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.calibration import trainer as calibration  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "run"
   shutil.copytree(reference[0], workdir)
   config = _calib.tiny_config(*pair, steps=4)  # one more step: it must restore step 3 first
@@ -145,9 +145,8 @@ def test_a_damaged_checkpoint_is_reported_and_left_in_place(pair, reference, tmp
 
 
 def test_missing_model_fails_before_anything_is_loaded(pair, tmp_path):
-  from kdknob_jax.trainers import calibration  # pylint: disable=g-import-not-at-top
-  config = _calib.tiny_config(*pair)
-  config.target = str(tmp_path / "no_such_model")
+  from kdknob_jax.calibration import trainer as calibration  # pylint: disable=g-import-not-at-top
+  config = _calib.tiny_config(*pair, target=str(tmp_path / "no_such_model"))
   with pytest.raises(ModelNotFoundError):
     calibration.run(config, tmp_path / "run", progress=False)
   assert not list((tmp_path / "run").glob("checkpoints/*"))
@@ -159,7 +158,7 @@ def test_missing_model_fails_before_anything_is_loaded(pair, tmp_path):
     ("temperature", 0.0, "temperature must be > 0"),
 ])
 def test_bad_values_are_named(pair, tmp_path, key, value, match):
-  from kdknob_jax.trainers import calibration  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.calibration import trainer as calibration  # pylint: disable=g-import-not-at-top
   with pytest.raises(ConfigError, match=match):
     calibration.run(_calib.tiny_config(*pair, **{key: value}), tmp_path, progress=False)
 
@@ -179,11 +178,11 @@ def test_export_writes_the_merged_teacher_for_transformers_and_us(pair, referenc
   import torch  # pylint: disable=g-import-not-at-top
   from transformers import AutoModelForCausalLM  # pylint: disable=g-import-not-at-top
   from kdknob_jax import export  # pylint: disable=g-import-not-at-top
-  from kdknob_jax.checkpoint import read_identity  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.runs.checkpoints import read_identity  # pylint: disable=g-import-not-at-top
   from kdknob_jax.hf import load_model  # pylint: disable=g-import-not-at-top
   from kdknob_jax.models import forward  # pylint: disable=g-import-not-at-top
-  from kdknob_jax.rl.lora import LoraConfig, init_lora, merge  # pylint: disable=g-import-not-at-top
-  from kdknob_jax.trainers import resolve  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.models.lora import LoraConfig, init_lora, merge  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.runs import resolve  # pylint: disable=g-import-not-at-top
   assert export.main(["--workdir", str(reference[0]), "--out", str(tmp_path / "out")]) == 0
   ours = load_model(tmp_path / "out")
   base = load_model(pair[0])

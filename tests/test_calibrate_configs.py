@@ -14,9 +14,9 @@ import pytest
 from kdknob_jax.errors import ConfigError
 from kdknob_jax.models import abstract_params
 from kdknob_jax.models.variants import VARIANTS
-from kdknob_jax.rl.lora import LoraConfig, count, init_lora, targets_from_names
-from kdknob_jax.trainers import config as config_lib
-from kdknob_jax.trainers import step as step_lib
+from kdknob_jax.models.lora import count, init_lora
+from kdknob_jax.calibration import config as config_lib
+from kdknob_jax.calibration import step as step_lib
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PAPER = ["qwen8b_distill", "qwen8b_undistill", "gemma12b_distill", "gemma12b_undistill",
@@ -32,8 +32,7 @@ def _load(name: str, arg: str | None = None):
 
 @pytest.mark.parametrize("name", PAPER)
 def test_paper_config_is_the_paper_recipe(name):
-  c = _load(name)
-  config_lib.check(c)
+  c = config_lib.build(_load(name))
   assert (c.lora.rank, c.lora.alpha, c.optimizer.lr, c.group_size) == (128, 128.0, 2e-5, 4)
   assert c.lam == (1.0 if name.endswith("_distill") else -1.0)
   assert c.teacher in VARIANTS and c.target in VARIANTS
@@ -47,21 +46,19 @@ def test_paper_config_is_the_paper_recipe(name):
 
 @pytest.mark.parametrize("name", ["tiny_distill", "tiny_undistill"])
 def test_tiny_configs_use_the_embedded_pair(name):
-  c = _load(name)
-  config_lib.check(c)
+  c = config_lib.build(_load(name))
   assert (c.teacher, c.target) == (config_lib.EMBEDDED_TEACHER, config_lib.EMBEDDED_TARGET)
   assert _load(name, "smoke").steps < c.steps
 
 
 @pytest.mark.parametrize("name", ["qwen8b_undistill", "gemma12b_distill"])
 def test_a_full_size_step_traces(name):
-  c = _load(name)
+  c = config_lib.build(_load(name))
   cfg = VARIANTS[c.teacher].config(c.dtype)
-  lcfg = LoraConfig(c.lora.rank, c.lora.alpha, targets_from_names(c.lora.targets))
+  lcfg = c.lora.config()
   base = abstract_params(cfg)
   lora = jax.eval_shape(lambda: init_lora(base, lcfg, jax.random.PRNGKey(0)))
-  o = c.optimizer
-  opt = step_lib.make_optimizer(o.lr, o.warmup_steps, o.clip, o.weight_decay, o.b1, o.b2)
+  opt = c.optimizer.make()
   state = step_lib.CalibState(step=jax.ShapeDtypeStruct((), jnp.int32), lora=lora,
                               opt_state=jax.eval_shape(opt.init, lora), base=base)
   p, n, s, t = c.prompts_per_step, c.prompts_per_step * c.group_size, 256, c.max_new_tokens

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import TINY, random_ids
-from kdknob_jax.decode import GREEDY, SamplingConfig, filtered_logits, generate_ids
+from kdknob_jax.decode import GREEDY, Sampler, SamplingConfig, filtered_logits
 from kdknob_jax.hf import load_model
 from kdknob_jax.models import forward
 
@@ -45,8 +47,8 @@ def test_greedy_equals_hf_generate(tiny_dir, name):
   prompts = _prompts(TINY[name]["vocab_size"])
   refs = [_hf_greedy(path, p, 32) for p in prompts]
   stops = refs[0][1]
-  gen = generate_ids(m.params, m.config, prompts, max_new_tokens=32, sampling=GREEDY,
-                     stop_ids=stops)
+  gen = Sampler(m.config, stop_ids=stops)(m.params, prompts, max_new_tokens=32,
+                                          sampling=GREEDY)
   for i, (ref, _) in enumerate(refs):
     assert gen.row_tokens(i) == ref, (i, gen.row_tokens(i), ref)
 
@@ -62,8 +64,8 @@ def test_logprobs_equal_teacher_forced(tiny_dir, name):
   m = load_model(tiny_dir(name))
   prompts = _prompts(256, seed=5)
   cfg = SamplingConfig(temperature=0.7, top_k=50, top_p=0.9)
-  gen = generate_ids(m.params, m.config, prompts, n=2, max_new_tokens=20, sampling=cfg,
-                     key=jax.random.PRNGKey(3))
+  gen = Sampler(m.config)(m.params, prompts, n=2, max_new_tokens=20, sampling=cfg,
+                          key=jax.random.PRNGKey(3))
   for r in range(gen.tokens.shape[0]):
     new = gen.row_tokens(r)
     logits = _teacher_forced_logits(m, prompts[gen.prompt_index[r]], new)
@@ -79,11 +81,11 @@ def test_logprobs_equal_teacher_forced(tiny_dir, name):
 def test_stop_ids_end_rows_and_pad_after(tiny_dir):
   m = load_model(tiny_dir("qwen3"))
   prompts = _prompts(256, seed=9)
-  free = generate_ids(m.params, m.config, prompts, max_new_tokens=12, sampling=GREEDY)
+  free = Sampler(m.config)(m.params, prompts, max_new_tokens=12, sampling=GREEDY)
   assert free.mask.all() and not free.stopped.any()
   stop = free.row_tokens(0)[3]
-  gen = generate_ids(m.params, m.config, prompts, max_new_tokens=12, sampling=GREEDY,
-                     stop_ids=(stop, 255), pad_id=7)
+  gen = Sampler(m.config, stop_ids=(stop, 255), pad_id=7)(m.params, prompts, max_new_tokens=12,
+                                                          sampling=GREEDY)
   for r in range(len(prompts)):
     full = free.row_tokens(r)
     first = next((i for i, t in enumerate(full) if t in (stop, 255)), None)
@@ -98,9 +100,9 @@ def test_stop_ids_end_rows_and_pad_after(tiny_dir):
 def test_all_rows_stopping_ends_the_loop_early(tiny_dir):
   m = load_model(tiny_dir("llama"))
   prompt = _prompts(256)[0]
-  first = generate_ids(m.params, m.config, [prompt], max_new_tokens=1, sampling=GREEDY)
-  gen = generate_ids(m.params, m.config, [prompt, prompt], max_new_tokens=50, sampling=GREEDY,
-                     stop_ids=(int(first.tokens[0, 0]),))
+  first = Sampler(m.config)(m.params, [prompt], max_new_tokens=1, sampling=GREEDY)
+  sampler = Sampler(m.config, stop_ids=(int(first.tokens[0, 0]),))
+  gen = sampler(m.params, [prompt, prompt], max_new_tokens=50, sampling=GREEDY)
   assert gen.tokens.shape[1] == 1 and gen.stopped.all()
 
 
@@ -109,10 +111,10 @@ def test_output_does_not_depend_on_batch_mates(tiny_dir, sampling):
   m = load_model(tiny_dir("gemma3"))
   prompts = _prompts(256, seed=2)
   key = jax.random.PRNGKey(11)
-  together = generate_ids(m.params, m.config, prompts, n=2, max_new_tokens=16,
-                          sampling=sampling, key=key)
-  alone = generate_ids(m.params, m.config, [prompts[0]], n=2, max_new_tokens=16,
-                       sampling=sampling, key=key, prompt_ids=[0])
+  sampler = Sampler(m.config)
+  together = sampler(m.params, prompts, n=2, max_new_tokens=16, sampling=sampling, key=key)
+  alone = sampler(m.params, [prompts[0]], n=2, max_new_tokens=16, sampling=sampling, key=key,
+                  prompt_ids=[0])
   for j in range(2):
     assert alone.row_tokens(j) == together.row_tokens(j)
     np.testing.assert_allclose(alone.model_logprobs[j, :alone.lengths[j]],
@@ -122,8 +124,8 @@ def test_output_does_not_depend_on_batch_mates(tiny_dir, sampling):
 def test_same_key_same_samples_other_key_other_samples(tiny_dir):
   m = load_model(tiny_dir("llama"))
   prompts = _prompts(256)
-  run = lambda k: generate_ids(m.params, m.config, prompts, n=3, max_new_tokens=8,  # pylint: disable=g-long-lambda
-                               sampling=SamplingConfig(1.0), key=jax.random.PRNGKey(k)).tokens
+  run = lambda k: Sampler(m.config)(m.params, prompts, n=3, max_new_tokens=8,  # pylint: disable=g-long-lambda
+                                    sampling=SamplingConfig(1.0), key=jax.random.PRNGKey(k)).tokens
   a, b, c = run(0), run(0), run(1)
   np.testing.assert_array_equal(a, b)
   assert (a != c).any()
@@ -133,22 +135,38 @@ def test_same_key_same_samples_other_key_other_samples(tiny_dir):
 def test_bad_input_is_rejected_with_a_fix(tiny_dir):
   m = load_model(tiny_dir("llama"))
   ok = [[1, 2, 3]]
+  sampler = Sampler(m.config)
   with pytest.raises(ValueError, match="no prompts"):
-    generate_ids(m.params, m.config, [], max_new_tokens=4)
+    sampler(m.params, [], max_new_tokens=4)
   with pytest.raises(ValueError, match="n \\(samples per prompt\\) must be >= 1"):
-    generate_ids(m.params, m.config, ok, n=0, max_new_tokens=4)
+    sampler(m.params, ok, n=0, max_new_tokens=4)
+  with pytest.raises(ValueError, match="prompt_ids has 2 entries for 1 prompts"):
+    sampler(m.params, ok, max_new_tokens=4, prompt_ids=[0, 1])
   for bad_p in (0.0, 1.5, -0.1):
     with pytest.raises(ValueError, match="top_p must lie in \\(0, 1\\]"):
       SamplingConfig(1.0, top_p=bad_p)
   with pytest.raises(ValueError, match="temperature"):
     SamplingConfig(-1.0)
   with pytest.raises(ValueError, match="Prompt 1 has 300 tokens, more than the maximum of 248"):
-    generate_ids(m.params, m.config, [[1], [1] * 300], max_new_tokens=8)
+    sampler(m.params, [[1], [1] * 300], max_new_tokens=8)
   with pytest.raises(ValueError, match="more than the maximum of 10"):
-    generate_ids(m.params, m.config, [[1] * 11], max_new_tokens=8, max_prompt_tokens=10)
+    Sampler(m.config, max_prompt_tokens=10)(m.params, [[1] * 11], max_new_tokens=8)
   with pytest.raises(ValueError, match="Prompt 0 has no tokens"):
-    generate_ids(m.params, m.config, [[]], max_new_tokens=8)
+    sampler(m.params, [[]], max_new_tokens=8)
   with pytest.raises(ValueError, match="outside the vocabulary"):
-    generate_ids(m.params, m.config, [[1, 256]], max_new_tokens=8)
+    sampler(m.params, [[1, 256]], max_new_tokens=8)
   with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
-    generate_ids(m.params, m.config, ok, max_new_tokens=0)
+    sampler(m.params, ok, max_new_tokens=0)
+
+
+def test_sampler_for_tokenizer_takes_stop_and_pad_ids(tiny_dir):
+  cfg = load_model(tiny_dir("llama")).config
+  tok = types.SimpleNamespace(eos_ids=(2, 5), pad_id=None)
+  s = Sampler.for_tokenizer(cfg, tok, prompt_slots=32)
+  assert (s.stop_ids, s.pad_id, s.prompt_slots, s.mesh) == ((2, 5), 2, 32, None)
+  assert Sampler.for_tokenizer(cfg, tok, stop=False).stop_ids == ()
+  assert Sampler.for_tokenizer(cfg, types.SimpleNamespace(eos_ids=(2,), pad_id=9)).pad_id == 9
+  # Ids given as numpy become a tuple of ints: the compiled program takes them as static.
+  from_numpy = Sampler(cfg, stop_ids=np.asarray([2, 5]), pad_id=np.int64(2))
+  assert from_numpy == Sampler(cfg, stop_ids=(2, 5), pad_id=2)
+  assert type(from_numpy.stop_ids) is tuple and type(from_numpy.pad_id) is int

@@ -14,7 +14,7 @@ from kdknob_jax.diagnostics import (off_policy_sequence_kl, score_sequences, sco
 from kdknob_jax.models import ModelConfig, abstract_params, forward, init_params
 from kdknob_jax.models.derive import first_layers
 from kdknob_jax.ops import kl
-from kdknob_jax.ops.fused_kl import HeadSpec
+from kdknob_jax.ops.head import HeadSpec
 from conftest import TINY
 
 

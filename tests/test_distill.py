@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from kdknob_jax.errors import ConfigError
+from kdknob_jax.distillation.config import build
 from tests._calib import TIMING, make_pair, write_data
 
 
@@ -18,7 +19,7 @@ def pair_data(tmp_path_factory):
 
 
 def _config(teacher, student, data, method, **overrides):
-  from kdknob_jax.trainers.distill_config import base_config  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.distillation.config import base_config  # pylint: disable=g-import-not-at-top
   c = base_config()
   c.teacher, c.student, c.method = str(teacher), str(student), method
   c.student_keep = "0,2" if student == teacher else ""
@@ -34,7 +35,7 @@ def _config(teacher, student, data, method, **overrides):
 
 
 def _rows(workdir):
-  from kdknob_jax.metrics import read_jsonl  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.runs.metrics import read_jsonl  # pylint: disable=g-import-not-at-top
   return [{k: v for k, v in r.items() if not k.startswith(TIMING)}
           for r in read_jsonl(workdir / "metrics.jsonl")]
 
@@ -43,17 +44,17 @@ def _rows(workdir):
 def test_one_step_then_resume_equals_the_uninterrupted_run(pair_data, tmp_path, method):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from kdknob_jax.trainers import distill  # pylint: disable=g-import-not-at-top
-  from kdknob_jax.trainers.resolve import load_trained  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.distillation import trainer as distill  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.runs.resolve import load_student, load_trained  # pylint: disable=g-import-not-at-top
   teacher, _, data = pair_data
   c = _config(teacher, teacher, data, method)
-  ref = distill.run(c, tmp_path / "ref", progress=False)
-  first = distill.run(c, tmp_path / "cut", progress=False, stop_after=1)
+  ref = distill.run(build(c), tmp_path / "ref", progress=False)
+  first = distill.run(build(c), tmp_path / "cut", progress=False, stop_after=1)
   assert first["step"] == 1
   cache = tmp_path / "cut" / "teacher_samples.parquet"
   assert cache.exists() == (method != "gkd_rkl")  # on-policy never reads teacher samples
   stamp = cache.stat().st_mtime_ns if cache.exists() else None
-  second = distill.run(c, tmp_path / "cut", progress=False)
+  second = distill.run(build(c), tmp_path / "cut", progress=False)
   assert second["step"] == 2
   assert _rows(tmp_path / "cut") == _rows(tmp_path / "ref")
   assert [r["batch/on_policy"] for r in _rows(tmp_path / "ref")] == (
@@ -68,7 +69,7 @@ def test_one_step_then_resume_equals_the_uninterrupted_run(pair_data, tmp_path, 
   assert a.config.num_layers == 2
   for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  start = distill.load_student(c)
+  start = load_student(c.student, c.student_keep, c.dtype)
   assert not np.array_equal(np.asarray(a.params["layers"]["q_proj"]),
                             np.asarray(start.params["layers"]["q_proj"]))
 
@@ -76,45 +77,46 @@ def test_one_step_then_resume_equals_the_uninterrupted_run(pair_data, tmp_path, 
 def test_sft_across_tokenizers_and_lora_mixture(pair_data, tmp_path):
   """SFT into a student with another tokenizer (the teacher's text re-encoded), and a LoRA
   student on a GKD mixture with half its steps on-policy."""
-  from kdknob_jax.trainers import distill  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.distillation import trainer as distill  # pylint: disable=g-import-not-at-top
   teacher, target, data = pair_data
   c = _config(teacher, target, data, "sft", steps=1)
   c.chat = False  # the Gemma-tokenized student has no chat template
-  out = distill.run(c, tmp_path / "sft", progress=False)
+  out = distill.run(build(c), tmp_path / "sft", progress=False)
   assert out["step"] == 1 and out["metrics"]["train/loss"] > 0
   c = _config(teacher, teacher, data, "gkd_fkl", on_policy_share=0.5, jsd_beta=0.5, steps=4,
               checkpoint_every=4)
   c.lora.update(rank=2, alpha=4.0)
-  mix = distill.run(c, tmp_path / "mix", progress=False)
+  mix = distill.run(build(c), tmp_path / "mix", progress=False)
   flags = [r["batch/on_policy"] for r in _rows(tmp_path / "mix")]
   assert mix["step"] == 4 and 0.0 in flags and 1.0 in flags
-  assert flags == [float(distill.on_policy_at(c, s, 0.5)) for s in range(4)]
+  assert flags == [float(distill.on_policy_at(build(c), s)) for s in range(4)]
 
 
 def test_bad_setups_fail_before_anything_is_written(pair_data, tmp_path):
-  from kdknob_jax.trainers import distill  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.distillation import trainer as distill  # pylint: disable=g-import-not-at-top
   teacher, target, data = pair_data
   with pytest.raises(ConfigError, match="different tokenizers.*sft"):
-    distill.run(_config(teacher, target, data, "gkd_fkl"), tmp_path / "a", progress=False)
+    distill.run(build(_config(teacher, target, data, "gkd_fkl")), tmp_path / "a",
+                progress=False)
   assert not (tmp_path / "a").exists()
   with pytest.raises(ConfigError, match="student_keep"):
-    distill.run(_config(teacher, teacher, data, "sft", student_keep="0-7"), tmp_path / "b",
-                progress=False)
+    distill.run(build(_config(teacher, teacher, data, "sft", student_keep="0-7")),
+                tmp_path / "b", progress=False)
   with pytest.raises(ConfigError, match="on_policy_share"):
-    distill.run(_config(teacher, teacher, data, "sft", on_policy_share=0.5), tmp_path / "c",
-                progress=False)
+    distill.run(build(_config(teacher, teacher, data, "sft", on_policy_share=0.5)),
+                tmp_path / "c", progress=False)
   assert not (tmp_path / "c").exists()
 
 
 def test_a_samples_cache_of_other_settings_is_refused(pair_data, tmp_path):
-  from kdknob_jax.trainers import distill  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.distillation import trainer as distill  # pylint: disable=g-import-not-at-top
   teacher, _, data = pair_data
   cache = tmp_path / "shared.parquet"
   c = _config(teacher, teacher, data, "sft", steps=1, samples_cache=str(cache))
-  distill.run(c, tmp_path / "one", progress=False)
+  distill.run(build(c), tmp_path / "one", progress=False)
   before = cache.read_bytes()
   hotter = _config(teacher, teacher, data, "sft", steps=1, samples_cache=str(cache),
                    temperature=2.0)
   with pytest.raises(ConfigError, match="other settings.*temperature"):
-    distill.run(hotter, tmp_path / "two", progress=False)
+    distill.run(build(hotter), tmp_path / "two", progress=False)
   assert cache.read_bytes() == before

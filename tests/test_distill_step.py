@@ -13,9 +13,8 @@ import pytest
 from kdknob_jax.hf import load_model
 from kdknob_jax.models import forward
 from kdknob_jax.ops.kl import divergence_from_logp, log_probs
-from kdknob_jax.rl.lora import LoraConfig, init_lora, merge
-from kdknob_jax.trainers.distill_step import (DistillState, LossConfig, distill_loss,
-                                              make_train_step)
+from kdknob_jax.models.lora import LoraConfig, init_lora, merge
+from kdknob_jax.distillation.step import DistillState, LossConfig, distill_loss, make_train_step
 
 PROMPTS = [[5, 9, 17, 3, 60], [7, 2, 11]]
 # (prompt index, completion): one row of a single token, whose only prediction comes from the

@@ -14,7 +14,7 @@ import torch
 
 from kdknob_jax.compare.run import DEFAULT_PROMPTS, compare
 from kdknob_jax.compare.torch_side import load_torch_model
-from kdknob_jax.decode import GREEDY, generate_ids
+from kdknob_jax.decode import GREEDY, Sampler
 from kdknob_jax.hf import load_model, load_tokenizer, resolve
 
 PROMPTS = DEFAULT_PROMPTS[:3]  # a GSM8K question, an explanation, code
@@ -51,8 +51,8 @@ def test_batched_greedy_decoder_equals_hf_generate(embedded):
   tok = load_tokenizer(name)
   m = load_model(name)
   prompts = [tok.encode_prompt(p) for p in DEFAULT_PROMPTS]
-  gen = generate_ids(m.params, m.config, prompts, max_new_tokens=32, sampling=GREEDY,
-                     stop_ids=tok.eos_ids)
+  gen = Sampler.for_tokenizer(m.config, tok)(m.params, prompts, max_new_tokens=32,
+                                             sampling=GREEDY)
   for i, p in enumerate(prompts):
     with torch.no_grad():
       out = ref.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
@@ -70,7 +70,8 @@ def test_text_logprobs_equal_torch_scoring_with_hf_tokenizer(embedded):
   tokenizer (built from the same GGUF) and our summed log-probs equal the torch model's."""
   from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
   from kdknob_jax.compare.torch_side import logits as torch_logits  # pylint: disable=g-import-not-at-top
-  from kdknob_jax.rl.rewards import completion_ids, text_logprobs  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.hf.tokenizer import completion_ids  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.calibration.rewards import text_logprobs  # pylint: disable=g-import-not-at-top
   name, ref = embedded
   source = resolve(name)
   hf_tok = AutoTokenizer.from_pretrained(str(source.path.parent), gguf_file=source.path.name)

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from kdknob_jax.ops import kl
-from kdknob_jax.ops.fused_kl import (HeadSpec, auto_chunk, fused_divergence, fused_token_values,
-                                     materialized_divergence)
+from kdknob_jax.ops.head import HeadSpec, auto_chunk
+from kdknob_jax.ops.fused_kl import fused_divergence, fused_token_values, materialized_divergence
 
 N, DS, DT, V = 45, 16, 24, 67  # N is no multiple of the chunk, V no power of two
 

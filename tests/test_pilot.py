@@ -16,8 +16,9 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from kdknob_jax import pilot
-from kdknob_jax.diagnostics.traps import predictor_hidden, score_tokens
+from kdknob_jax.experiments import pilot, pilot_config
+from kdknob_jax.models.scoring import predictor_hidden
+from kdknob_jax.diagnostics.traps import score_tokens
 from kdknob_jax.errors import ConfigError
 from kdknob_jax.models import abstract_params, head_of
 from kdknob_jax.models.variants import VARIANTS
@@ -101,15 +102,15 @@ def test_config_errors_name_the_fix(tmp_path):
   c = _config("pilot_embedded", "smoke")
   c.rollouts = 1
   with pytest.raises(ConfigError, match="rollouts"):
-    pilot.run(c, tmp_path)
+    pilot.run(pilot_config.build(c), tmp_path)
   c = _config("pilot_embedded", "smoke")
   c.datasets = [dict(name="x", source="gsm8k/test.jsonl")]
   with pytest.raises(ConfigError, match="task"):
-    pilot.run(c, tmp_path)
+    pilot.run(pilot_config.build(c), tmp_path)
   c = _config("pilot_embedded", "smoke")
   c.temperature = -1.0
   with pytest.raises(ConfigError, match="temperature"):
-    pilot.run(c, tmp_path)
+    pilot.run(pilot_config.build(c), tmp_path)
   with pytest.raises(ValueError, match="smoke"):
     _config("pilot_embedded", "huge")
 
@@ -119,7 +120,7 @@ def test_pair_with_two_tokenizers_is_refused(tmp_path, data_dir):  # pylint: dis
   c = _config("pilot_embedded", "smoke")
   c.student, c.student_layers = "gemma3-270m", 0
   with pytest.raises(ConfigError, match="one tokenizer"):
-    pilot.run(c, tmp_path)
+    pilot.run(pilot_config.build(c), tmp_path)
   assert not (tmp_path / "table1.md").exists()  # nothing half-written
 
 

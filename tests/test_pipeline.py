@@ -28,28 +28,29 @@ def _load(name: str, arg: str | None = None):
                                       ("pipeline_qwen3", None), ("pipeline_qwen3", "v5p"),
                                       ("pipeline_gemma3", None)])
 def test_every_pipeline_config_passes_its_checks(name, arg):
-  from kdknob_jax.trainers import pipeline  # pylint: disable=g-import-not-at-top
-  c = _load(name, arg)
-  pipeline.check(c)
+  from kdknob_jax.experiments import pipeline_config  # pylint: disable=g-import-not-at-top
+  c = pipeline_config.build(_load(name, arg))
   # every calibration targets the student, every student learns from one of three teachers
-  assert pipeline._calibration(c, -1.0, "S").lam == -c.lam
-  assert pipeline._distill(c, "gkd_rkl", "T", "S", "x.parquet").method == "gkd_rkl"
+  cal = pipeline_config.calibration(c, -1.0, "S")
+  assert (cal.lam, cal.target, cal.teacher) == (-c.lam, "S", c.teacher)
+  d = pipeline_config.distillation(c, "gkd_rkl", "T", "S", "x.parquet")
+  assert (d.method, d.teacher, d.student, d.samples_cache) == ("gkd_rkl", "T", "S", "x.parquet")
 
 
 def test_bad_pipeline_settings_are_refused():
-  from kdknob_jax.trainers import pipeline  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.experiments import pipeline_config  # pylint: disable=g-import-not-at-top
   c = _load("tiny_pipeline")
   c.lam = -1.0
   with pytest.raises(ConfigError, match=r"\|λ\|"):
-    pipeline.check(c)
+    pipeline_config.build(c)
   c = _load("tiny_pipeline")
   c.calibrated_methods = "sft,kd"
   with pytest.raises(ConfigError, match="kd"):
-    pipeline.check(c)
+    pipeline_config.build(c)
   c = _load("tiny_pipeline")
   c.evaluation.ks = "1,64"
   with pytest.raises(ConfigError, match="n = 16"):
-    pipeline.check(c)
+    pipeline_config.build(c)
 
 
 RESULTS = {
@@ -68,8 +69,8 @@ RESULTS = {
 
 
 def test_table_checks_the_three_claims_and_writes_every_format(tmp_path):
-  from kdknob_jax.trainers import table  # pylint: disable=g-import-not-at-top
-  c = _load("tiny_pipeline")
+  from kdknob_jax.experiments import pipeline_config, table  # pylint: disable=g-import-not-at-top
+  c = pipeline_config.build(_load("tiny_pipeline"))
   tab = table.build(RESULTS, c, 125.0)
   got = {x["claim"]: (x["holds"], x["figures"]) for x in tab["claims"]}
   assert len(got) == 3

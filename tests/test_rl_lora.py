@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 
 from kdknob_jax.models import ModelConfig, forward, init_params, param_axes
-from kdknob_jax.rl.lora import (LoraConfig, count, init_lora, lora_axes, merge,
-                                targets_from_names)
+from kdknob_jax.models.lora import (LoraConfig, count, init_lora, lora_axes, merge,
+                                    targets_from_names)
 from conftest import TINY, random_ids
 
 

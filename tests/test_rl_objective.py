@@ -12,7 +12,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from kdknob_jax.rl.objective import combine_advantages, group_normalize, policy_loss
+from kdknob_jax.calibration.objective import combine_advantages, group_normalize, policy_loss
 
 G = 4
 

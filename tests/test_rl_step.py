@@ -13,8 +13,8 @@ import pytest
 
 from kdknob_jax.hf import load_model
 from kdknob_jax.models import forward
-from kdknob_jax.rl.lora import LoraConfig, init_lora, merge
-from kdknob_jax.trainers import step as step_lib
+from kdknob_jax.models.lora import LoraConfig, init_lora, merge
+from kdknob_jax.calibration import step as step_lib
 
 PROMPTS = [[5, 9, 17, 3], [7, 2, 11]]
 # (prompt index, completion): two rollouts per prompt, of different lengths.

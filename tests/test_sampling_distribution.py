@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from conftest import random_ids
-from kdknob_jax.decode import SamplingConfig, filtered_logits, generate_ids
+from kdknob_jax.decode import Sampler, SamplingConfig, filtered_logits
 from kdknob_jax.hf import load_model
 from kdknob_jax.models import forward
 
@@ -36,8 +36,8 @@ def model_and_logits(tiny_dir):
 def test_first_token_frequencies_match_exact_distribution(model_and_logits, cfg):
   mcfg, params, prompt, logits = model_and_logits
   exact = np.asarray(jax.nn.softmax(filtered_logits(logits, cfg), -1)[0], np.float64)
-  gen = generate_ids(params, mcfg, [prompt], n=DRAWS, max_new_tokens=1, sampling=cfg,
-                     key=jax.random.PRNGKey(21))
+  gen = Sampler(mcfg)(params, [prompt], n=DRAWS, max_new_tokens=1, sampling=cfg,
+                      key=jax.random.PRNGKey(21))
   counts = np.bincount(gen.tokens[:, 0], minlength=exact.size)
   kept = exact > 0
   assert counts[~kept].sum() == 0, "a filtered-out token was sampled"
@@ -60,8 +60,8 @@ def test_wrong_distribution_is_detected(model_and_logits):
   other = np.asarray(jax.nn.softmax(filtered_logits(logits, SamplingConfig(0.6)), -1)[0],
                      np.float64)
   other /= other.sum()
-  gen = generate_ids(params, mcfg, [prompt], n=DRAWS, max_new_tokens=1,
-                     sampling=SamplingConfig(1.0), key=jax.random.PRNGKey(21))
+  gen = Sampler(mcfg)(params, [prompt], n=DRAWS, max_new_tokens=1,
+                      sampling=SamplingConfig(1.0), key=jax.random.PRNGKey(21))
   counts = np.bincount(gen.tokens[:, 0], minlength=other.size)
   big = other * DRAWS >= 5
   exp_bins = np.append(other[big] * DRAWS, other[~big].sum() * DRAWS)

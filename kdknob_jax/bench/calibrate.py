@@ -54,8 +54,8 @@ def bench_records(count: int, directory: Path) -> tuple[Path, str]:
 
 def run_ours(data: Path, args) -> dict:
   """Step seconds of our calibration step (sampling, scoring, target, update) after warm-up."""
-  from kdknob_jax.trainers import calibration  # pylint: disable=g-import-not-at-top
-  from kdknob_jax.trainers.config import base_config, shrink  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.calibration import trainer as calibration  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.calibration.config import base_config, shrink  # pylint: disable=g-import-not-at-top
   c = shrink(base_config(), "laptop")
   c.train.update(source=str(data), offset=0, limit=0)
   c.eval.update(source=str(data), offset=0, limit=1)

@@ -60,8 +60,8 @@ def _hf_tokenizer(name: str):
   """The HF tokenizer from our converted GGUF vocabulary, so both sides see the same ids."""
   from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
   from kdknob_jax.hf import resolve  # pylint: disable=g-import-not-at-top
-  from kdknob_jax.hf.tokenizer import _gguf_tokenizer_dir  # pylint: disable=g-import-not-at-top
-  return AutoTokenizer.from_pretrained(str(_gguf_tokenizer_dir(resolve(name).path)))
+  from kdknob_jax.hf.tokenizer import gguf_tokenizer_dir  # pylint: disable=g-import-not-at-top
+  return AutoTokenizer.from_pretrained(str(gguf_tokenizer_dir(resolve(name).path)))
 
 
 def _text(completion) -> str:
@@ -106,7 +106,7 @@ class _TargetReward:
   def __call__(self, prompts, completions, completion_ids, question, **_):
     # pylint: disable=g-import-not-at-top
     import torch
-    from kdknob_jax.rl.rewards import completion_ids as target_ids
+    from kdknob_jax.hf.tokenizer import completion_ids as target_ids
     # pylint: enable=g-import-not-at-top
     rows = []
     for q, c, ids in zip(question, completions, completion_ids):

@@ -24,7 +24,7 @@ import jax
 
 from kdknob_jax.compare.run import DEFAULT_PROMPTS
 from kdknob_jax.data import data_root
-from kdknob_jax.decode import SamplingConfig, generate_ids
+from kdknob_jax.decode import Sampler, SamplingConfig
 from kdknob_jax.hf import load_model, load_tokenizer, resolve
 
 _GSM8K = data_root() / "gsm8k" / "test.jsonl"
@@ -51,10 +51,11 @@ def _time(fn, repeats: int) -> list[float]:
 def run_ours(name, dtype, ids, samples, new_tokens, temperature, repeats) -> dict:
   m = load_model(name, dtype=dtype)
   sampling = SamplingConfig(temperature)
+  sampler = Sampler(m.config)  # no stop ids: every row runs the full new_tokens
 
   def call(seed):
-    gen = generate_ids(m.params, m.config, ids, n=samples, max_new_tokens=new_tokens,
-                       sampling=sampling, key=jax.random.PRNGKey(seed))
+    gen = sampler(m.params, ids, n=samples, max_new_tokens=new_tokens, sampling=sampling,
+                  key=jax.random.PRNGKey(seed))
     assert int(gen.lengths.min()) == new_tokens  # no stop ids: every row is full length
 
   t0 = time.perf_counter()

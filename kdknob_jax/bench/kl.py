@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdknob_jax.ops.fused_kl import auto_chunk, fused_divergence, materialized_divergence
+from kdknob_jax.ops.head import auto_chunk
+from kdknob_jax.ops.fused_kl import fused_divergence, materialized_divergence
 
 _GIB = 2.0**30
 

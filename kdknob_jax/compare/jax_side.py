@@ -8,7 +8,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from kdknob_jax.decode import GREEDY, generate_ids
+from kdknob_jax.decode import GREEDY, Sampler
 from kdknob_jax.models import ModelConfig, forward
 
 _BUCKET = 16  # prompts are padded to a multiple of this, so few lengths compile
@@ -36,5 +36,5 @@ def logits(params: dict, cfg: ModelConfig, ids: Sequence[int]) -> np.ndarray:
 
 def greedy(params: dict, cfg: ModelConfig, ids: Sequence[int], new_tokens: int) -> list[int]:
   """Greedy continuation of exactly `new_tokens` tokens (no stop ids), by the batched decoder."""
-  gen = generate_ids(params, cfg, [list(ids)], max_new_tokens=new_tokens, sampling=GREEDY)
+  gen = Sampler(cfg)(params, [list(ids)], max_new_tokens=new_tokens, sampling=GREEDY)
   return gen.row_tokens(0)

@@ -1,15 +1,20 @@
 """The batched decoder: one jit-compiled program of prefill plus a `lax.while_loop` of steps.
 
+A `Sampler` holds what is fixed per model and mesh (stop and pad ids, sharding rules, prompt
+slots); calling it with params and prompt ids runs that program and returns a `Generation`.
+
 Prompts are right-padded to a bucketed length P; padding gets position -1, which the model
 never attends to, so rows of different lengths share one cache without left padding. The
 prompt batch is prefilled once, its cache is repeated for the n samples of each prompt, and
-one-token steps run until every row has emitted a stop id or `max_new_tokens` tokens.
+one-token steps, carrying a `DecodeState`, run until every row has emitted a stop id or
+`max_new_tokens` tokens.
 
 Rows are prompt-major: row r holds sample r % n of prompt r // n. Each row draws from its own
 PRNG key, derived from (key, prompt id, sample index, step), so a row's tokens never depend on
 its batch mates, on the bucket sizes or on the mesh.
 
-Einsum letters: B prompts, R = B * n rows, P prompt slots, N new tokens, V vocabulary.
+Einsum letters: B prompts, R = B * n rows, P prompt slots, N new tokens, D model width,
+V vocabulary.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ import functools
 from typing import Sequence
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from kdknob_jax import sharding as sharding_lib
 from kdknob_jax.decode.sampling import SamplingConfig, sample
+from kdknob_jax.hf.tokenizer import Tokenizer, pad_id_of
 from kdknob_jax.models import CACHE_AXES, ModelConfig, forward, init_cache, logits_from_hidden
 
 _MIN_PROMPT_BUCKET = 16
@@ -60,7 +67,7 @@ class Generation:
     return self.tokens[r, :self.lengths[r]].tolist()
 
 
-def _bucket(x: int, minimum: int = 1, multiple: int = 1) -> int:
+def bucket(x: int, minimum: int = 1, multiple: int = 1) -> int:
   """A static size for x: the next power of two up to 64, then the next multiple of 32 up to
   256 (prefill compute grows with padding, so prompt lengths are bucketed finely), then of 256;
   at least `minimum` and a multiple of `multiple`."""
@@ -74,7 +81,8 @@ def _bucket(x: int, minimum: int = 1, multiple: int = 1) -> int:
   return -(-b // multiple) * multiple
 
 
-def _batch_divisor(mesh, rules) -> int:
+def batch_divisor(mesh, rules) -> int:
+  """How many ways the batch axis is split on `mesh` under `rules` (1 without a mesh)."""
   if mesh is None:
     return 1
   target = dict(rules).get("batch")
@@ -91,6 +99,30 @@ def _row_keys(key: jax.Array, prompt_ids: jax.Array, n: int) -> jax.Array:
 
 def _constrain_cache(cache: dict) -> dict:
   return {k: nn.with_logical_constraint(v, CACHE_AXES[k]) for k, v in cache.items()}
+
+
+@flax.struct.dataclass
+class DecodeState:
+  """What the decode loop carries from step to step.
+
+  Attributes:
+    tokens: int32 [R, N] tokens so far; `pad_id` after a row's end and in later columns.
+    logprobs: float32 [R, N] log-probs under the sampling distribution; 0 where not written.
+    model_logprobs: float32 [R, N] log-probs under the untempered model; 0 where not written.
+    new_lengths: int32 [R] tokens emitted by each row.
+    done: bool [R] rows that emitted a stop id, and padding rows from the start.
+    last: int32 [R] each row's latest token, the next step's input.
+    cache: the KV cache of `init_cache`, R rows wide.
+    step: int32 [] the column the next step writes.
+  """
+  tokens: jax.Array
+  logprobs: jax.Array
+  model_logprobs: jax.Array
+  new_lengths: jax.Array
+  done: jax.Array
+  last: jax.Array
+  cache: dict
+  step: jax.Array
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -132,47 +164,46 @@ def _decode_body(params, prompt_bp, lengths_b, live_b, prompt_ids_b, key, cfg, n
     step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys_r)
     return sample(logits, step_keys, sampling)
 
-  def record(state, step, tok, lp, mlp):
-    active = ~state["done"]
+  def record(state: DecodeState, step, tok, lp, mlp) -> DecodeState:
+    active = ~state.done
     col = lambda buf, val, fill: jax.lax.dynamic_update_slice(  # pylint: disable=g-long-lambda
         buf, jnp.where(active, val, fill).astype(buf.dtype)[:, None], (0, step))
-    return dict(
-        state,
-        tokens=col(state["tokens"], tok, pad_id),
-        logprobs=col(state["logprobs"], lp, 0.0),
-        model_logprobs=col(state["model_logprobs"], mlp, 0.0),
-        new_lengths=state["new_lengths"] + active.astype(jnp.int32),
-        done=state["done"] | (active & jnp.isin(tok, stops)),
+    return state.replace(
+        tokens=col(state.tokens, tok, pad_id),
+        logprobs=col(state.logprobs, lp, 0.0),
+        model_logprobs=col(state.model_logprobs, mlp, 0.0),
+        new_lengths=state.new_lengths + active.astype(jnp.int32),
+        done=state.done | (active & jnp.isin(tok, stops)),
         last=tok)
 
-  state = {
-      "tokens": jnp.full((r, max_new), pad_id, jnp.int32),
-      "logprobs": jnp.zeros((r, max_new), jnp.float32),
-      "model_logprobs": jnp.zeros((r, max_new), jnp.float32),
-      "new_lengths": jnp.zeros((r,), jnp.int32),
-      "done": ~live_r,
-      "last": jnp.zeros((r,), jnp.int32),
-      "cache": cache,
-      "step": jnp.ones((), jnp.int32),
-  }
+  state = DecodeState(
+      tokens=jnp.full((r, max_new), pad_id, jnp.int32),
+      logprobs=jnp.zeros((r, max_new), jnp.float32),
+      model_logprobs=jnp.zeros((r, max_new), jnp.float32),
+      new_lengths=jnp.zeros((r,), jnp.int32),
+      done=~live_r,
+      last=jnp.zeros((r,), jnp.int32),
+      cache=cache,
+      step=jnp.ones((), jnp.int32))
   state = record(state, 0, *choose(logits_rv, 0))
 
-  def cond(state):
-    return (state["step"] < max_new) & ~jnp.all(state["done"])
+  def cond(state: DecodeState):
+    return (state.step < max_new) & ~jnp.all(state.done)
 
-  def body(state):
-    step = state["step"]
+  def body(state: DecodeState) -> DecodeState:
+    step = state.step
     # Finished rows feed position -1: their slot is written but never attended to.
-    pos_r = jnp.where(state["done"], -1, lengths_r + step - 1)
-    logits, cache, = forward(params, cfg, state["last"][:, None], pos_r[:, None],
-                             state["cache"])
-    state = record(dict(state, cache=_constrain_cache(cache)), step, *choose(logits[:, 0], step))
-    return dict(state, step=step + 1)
+    pos_r = jnp.where(state.done, -1, lengths_r + step - 1)
+    logits, cache, = forward(params, cfg, state.last[:, None], pos_r[:, None], state.cache)
+    state = record(state.replace(cache=_constrain_cache(cache)), step,
+                   *choose(logits[:, 0], step))
+    return state.replace(step=step + 1)
 
   state = jax.lax.while_loop(cond, body, state)
   # A live row is done only by emitting a stop id; rows that hit max_new_tokens are not done.
-  return {k: state[k] for k in ("tokens", "logprobs", "model_logprobs", "new_lengths")} | {
-      "stopped": state["done"] & live_r}
+  return {"tokens": state.tokens, "logprobs": state.logprobs,
+          "model_logprobs": state.model_logprobs, "new_lengths": state.new_lengths,
+          "stopped": state.done & live_r}
 
 
 def check_prompts(prompts: Sequence[Sequence[int]], cfg: ModelConfig, max_new_tokens: int,
@@ -203,68 +234,97 @@ def check_prompts(prompts: Sequence[Sequence[int]], cfg: ModelConfig, max_new_to
                        f"[0, {cfg.vocab_size}); was it encoded with another model's tokenizer?")
 
 
-def generate_ids(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
-                 n: int = 1, max_new_tokens: int = 64,
-                 sampling: SamplingConfig = SamplingConfig(), stop_ids: Sequence[int] = (),
-                 key: jax.Array | None = None, prompt_ids: Sequence[int] | None = None,
-                 max_prompt_tokens: int | None = None, pad_id: int = 0,
-                 prompt_slots: int = 0, mesh=None,
-                 rules: Sequence[tuple[str, object]] = sharding_lib.DEFAULT_RULES) -> Generation:
-  """Samples n continuations of each prompt in one compiled program.
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+  """Samples continuations of token-id prompts; built once per model and mesh.
 
-  Args:
-    params: the model's params (sharded on `mesh` when one is given).
-    cfg: its config.
-    prompts: token ids of each prompt (B >= 1 prompts of >= 1 token each).
-    n: samples per prompt; the prompt is prefilled once for all n.
-    max_new_tokens: N, the most new tokens of a row.
-    sampling: greedy / temperature / top-k / top-p settings.
+  Attributes:
+    config: the model's config.
     stop_ids: a row ends after emitting any of these (it is kept in the output).
-    key: PRNG key; same key, same output. Defaults to PRNGKey(0).
-    prompt_ids: an id per prompt for its keys (default 0..B-1); pass global ids to make
-      outputs independent of how a dataset is split into calls.
-    max_prompt_tokens: longest allowed prompt (default: the model's positions minus N).
-    pad_id: written after each row's end.
-    prompt_slots: pad prompts to at least this many slots, so that calls with prompts of
-      different lengths share one compiled program (a training loop's choice).
+    pad_id: written after each row's end and into prompt padding.
     mesh: a `jax.sharding.Mesh`; prompts are sharded over the batch axes, heads over tensor.
     rules: logical-axis rules for the mesh.
-
-  Returns:
-    A `Generation` whose N axis is trimmed to the longest row.
-
-  Raises:
-    ValueError: empty batch, empty or too long prompt, ids outside the vocabulary, n < 1.
+    prompt_slots: pad prompts to at least this many slots, so that calls with prompts of
+      different lengths share one compiled program (a training loop's choice).
+    max_prompt_tokens: longest allowed prompt (default: the model's positions minus N).
   """
-  if n < 1:
-    raise ValueError(f"n (samples per prompt) must be >= 1, got {n}.")
-  check_prompts(prompts, cfg, max_new_tokens, max_prompt_tokens)
-  b = len(prompts)
-  if prompt_ids is not None and len(prompt_ids) != b:
-    raise ValueError(f"prompt_ids has {len(prompt_ids)} entries for {b} prompts.")
-  longest = max(len(x) for x in prompts)
-  bb = _bucket(b, multiple=_batch_divisor(mesh, rules))
-  pp = _bucket(max(longest, prompt_slots), _MIN_PROMPT_BUCKET)
-  tokens = np.full((bb, pp), pad_id, np.int32)
-  lengths = np.ones((bb,), np.int32)  # padding rows: one token, never live
-  live = np.zeros((bb,), bool)
-  ids = np.zeros((bb,), np.int32)
-  ids[:b] = np.arange(b) if prompt_ids is None else np.asarray(prompt_ids)
-  for i, row in enumerate(prompts):
-    tokens[i, :len(row)] = row
-    lengths[i] = len(row)
-    live[i] = True
-  key = jax.random.PRNGKey(0) if key is None else key
-  out = _decode(params, tokens, lengths, live, ids, key, cfg=cfg, n=n, max_new=max_new_tokens,
-                sampling=sampling, stop_ids=tuple(int(s) for s in stop_ids), pad_id=int(pad_id),
-                mesh=mesh, rules=tuple(rules))
-  out = jax.device_get(out)
-  rows = b * n
-  width = max(1, int(out["new_lengths"][:rows].max()))
-  new_lengths = out["new_lengths"][:rows]
-  return Generation(
-      tokens=out["tokens"][:rows, :width], lengths=new_lengths,
-      mask=np.arange(width)[None, :] < new_lengths[:, None],
-      logprobs=out["logprobs"][:rows, :width],
-      model_logprobs=out["model_logprobs"][:rows, :width], stopped=out["stopped"][:rows],
-      prompt_index=np.repeat(np.arange(b, dtype=np.int32), n), n=n)
+  config: ModelConfig
+  stop_ids: tuple[int, ...] = ()
+  pad_id: int = 0
+  mesh: jax.sharding.Mesh | None = None
+  rules: tuple = sharding_lib.DEFAULT_RULES
+  prompt_slots: int = 0
+  max_prompt_tokens: int | None = None
+
+  def __post_init__(self):
+    # Plain ints and tuples: they are static arguments of the compiled program, so they must
+    # hash (a list or numpy array of stop ids would not).
+    object.__setattr__(self, "stop_ids", tuple(int(s) for s in self.stop_ids))
+    object.__setattr__(self, "pad_id", int(self.pad_id))
+    object.__setattr__(self, "rules", tuple(self.rules))
+
+  @classmethod
+  def for_tokenizer(cls, config: ModelConfig, tokenizer: Tokenizer, *, mesh=None,
+                    rules: Sequence[tuple[str, object]] = sharding_lib.DEFAULT_RULES,
+                    prompt_slots: int = 0, stop: bool = True) -> Sampler:
+    """A sampler that stops at the tokenizer's EOS ids (none when `stop` is False) and pads
+    with `pad_id_of(tokenizer)`, or 0 for a tokenizer with neither a pad nor an EOS id."""
+    # A pad is never attended to and only fills rows past their end, so 0 serves for none.
+    pad = pad_id_of(tokenizer) if tokenizer.pad_id is not None or tokenizer.eos_ids else 0
+    return cls(config, stop_ids=tokenizer.eos_ids if stop else (), pad_id=pad, mesh=mesh,
+               rules=rules, prompt_slots=prompt_slots)
+
+  def __call__(self, params: dict, prompts: Sequence[Sequence[int]], *, n: int = 1,
+               max_new_tokens: int = 64, sampling: SamplingConfig = SamplingConfig(),
+               key: jax.Array | None = None,
+               prompt_ids: Sequence[int] | None = None) -> Generation:
+    """Samples n continuations of each prompt in one compiled program.
+
+    Args:
+      params: the model's params (sharded on `mesh` when the sampler has one).
+      prompts: token ids of each prompt (B >= 1 prompts of >= 1 token each).
+      n: samples per prompt; the prompt is prefilled once for all n.
+      max_new_tokens: N, the most new tokens of a row.
+      sampling: greedy / temperature / top-k / top-p settings.
+      key: PRNG key; same key, same output. Defaults to PRNGKey(0).
+      prompt_ids: an id per prompt for its keys (default 0..B-1); pass global ids to make
+        outputs independent of how a dataset is split into calls.
+
+    Returns:
+      A `Generation` whose N axis is trimmed to the longest row.
+
+    Raises:
+      ValueError: empty batch, empty or too long prompt, ids outside the vocabulary, n < 1.
+    """
+    if n < 1:
+      raise ValueError(f"n (samples per prompt) must be >= 1, got {n}.")
+    check_prompts(prompts, self.config, max_new_tokens, self.max_prompt_tokens)
+    b = len(prompts)
+    if prompt_ids is not None and len(prompt_ids) != b:
+      raise ValueError(f"prompt_ids has {len(prompt_ids)} entries for {b} prompts.")
+    longest = max(len(x) for x in prompts)
+    bb = bucket(b, multiple=batch_divisor(self.mesh, self.rules))
+    pp = bucket(max(longest, self.prompt_slots), _MIN_PROMPT_BUCKET)
+    tokens = np.full((bb, pp), self.pad_id, np.int32)
+    lengths = np.ones((bb,), np.int32)  # padding rows: one token, never live
+    live = np.zeros((bb,), bool)
+    ids = np.zeros((bb,), np.int32)
+    ids[:b] = np.arange(b) if prompt_ids is None else np.asarray(prompt_ids)
+    for i, row in enumerate(prompts):
+      tokens[i, :len(row)] = row
+      lengths[i] = len(row)
+      live[i] = True
+    key = jax.random.PRNGKey(0) if key is None else key
+    out = _decode(params, tokens, lengths, live, ids, key, cfg=self.config, n=n,
+                  max_new=max_new_tokens, sampling=sampling, stop_ids=self.stop_ids,
+                  pad_id=self.pad_id, mesh=self.mesh, rules=self.rules)
+    out = jax.device_get(out)
+    rows = b * n
+    new_lengths = out["new_lengths"][:rows]
+    width = max(1, int(new_lengths.max()))
+    return Generation(
+        tokens=out["tokens"][:rows, :width], lengths=new_lengths,
+        mask=np.arange(width)[None, :] < new_lengths[:, None],
+        logprobs=out["logprobs"][:rows, :width],
+        model_logprobs=out["model_logprobs"][:rows, :width], stopped=out["stopped"][:rows],
+        prompt_index=np.repeat(np.arange(b, dtype=np.int32), n), n=n)

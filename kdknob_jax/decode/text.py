@@ -1,5 +1,5 @@
 """Text in, text out: prompts are encoded per the tokenizer (chat template or plain text),
-decoded in chunks by `generate_ids`, and returned with their tokens and log-probs."""
+decoded in chunks by one `Sampler`, and returned with their tokens and log-probs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kdknob_jax import sharding as sharding_lib
-from kdknob_jax.decode.engine import Generation, check_prompts, generate_ids
+from kdknob_jax.decode.engine import Generation, Sampler, check_prompts
 from kdknob_jax.decode.sampling import SamplingConfig
 from kdknob_jax.hf.load import LoadedModel
 from kdknob_jax.hf.tokenizer import Tokenizer
@@ -95,17 +95,18 @@ def generate_text(model: LoadedModel, tokenizer: Tokenizer, prompts: Sequence[Pr
   ids = encode_prompts(tokenizer, prompts, chat)
   # Every chunk is checked before the first one runs, so bad input costs no decoding.
   check_prompts(ids, model.config, max_new_tokens, max_prompt_tokens)
-  stops = tokenizer.eos_ids if stop_ids is None else tuple(stop_ids)
-  pad = tokenizer.pad_id if tokenizer.pad_id is not None else (stops[0] if stops else 0)
+  sampler = dataclasses.replace(
+      Sampler.for_tokenizer(model.config, tokenizer, mesh=mesh, rules=rules),
+      max_prompt_tokens=max_prompt_tokens)
+  if stop_ids is not None:
+    sampler = dataclasses.replace(sampler, stop_ids=tuple(stop_ids))
   key = jax.random.PRNGKey(0) if key is None else key
   starts = range(0, len(ids), prompts_per_call)
   out: list[list[Sample]] = [[] for _ in ids]
   for start in tqdm(starts, desc="generate", disable=not progress or len(starts) < 2):
     chunk = ids[start:start + prompts_per_call]
-    gen = generate_ids(model.params, model.config, chunk, n=n, max_new_tokens=max_new_tokens,
-                       sampling=sampling, stop_ids=stops, key=key,
-                       prompt_ids=np.arange(start, start + len(chunk)),
-                       max_prompt_tokens=max_prompt_tokens, pad_id=pad, mesh=mesh, rules=rules)
+    gen = sampler(model.params, chunk, n=n, max_new_tokens=max_new_tokens, sampling=sampling,
+                  key=key, prompt_ids=np.arange(start, start + len(chunk)))
     for s in samples_from(gen, tokenizer, offset=start):
       out[s.prompt_index].append(s)
   return out

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from kdknob_jax import sharding as sharding_lib
 from kdknob_jax.data.tasks import Task
-from kdknob_jax.decode.engine import check_prompts, generate_ids
+from kdknob_jax.decode.engine import Sampler, check_prompts
 from kdknob_jax.decode.sampling import GREEDY, SamplingConfig
 from kdknob_jax.decode.text import encode_prompts, samples_from
 from kdknob_jax.errors import ConfigError
@@ -197,12 +197,9 @@ def evaluate(params: dict, cfg: ModelConfig, tokenizer: Tokenizer, task: Task,
   except ValueError as e:
     raise ConfigError(f"{e} (Prompt numbers count records from 0; a lower max_new_tokens "
                       f"leaves more room.)") from e
-  stops = tokenizer.eos_ids
-  pad = tokenizer.pad_id if tokenizer.pad_id is not None else (stops[0] if stops else 0)
+  sampler = Sampler.for_tokenizer(cfg, tokenizer, mesh=mesh, rules=rules)
   key = jax.random.PRNGKey(seed)
   locate = getattr(records, "where", None)
-  common = dict(max_new_tokens=max_new_tokens, stop_ids=stops, pad_id=pad, mesh=mesh,
-                rules=rules)
 
   t0 = time.perf_counter()
   prompts: list[PromptResult] = []
@@ -210,12 +207,13 @@ def evaluate(params: dict, cfg: ModelConfig, tokenizer: Tokenizer, task: Task,
   for start in range(0, len(ids), prompts_per_call):
     chunk = ids[start:start + prompts_per_call]
     global_ids = np.arange(start, start + len(chunk))
-    sampled = samples_from(generate_ids(params, cfg, chunk, n=n, sampling=sampling, key=key,
-                                        prompt_ids=global_ids, **common), tokenizer, start)
+    sampled = samples_from(sampler(params, chunk, n=n, max_new_tokens=max_new_tokens,
+                                   sampling=sampling, key=key, prompt_ids=global_ids),
+                           tokenizer, start)
     greedy_out = []
     if greedy:
-      greedy_out = samples_from(generate_ids(params, cfg, chunk, n=1, sampling=GREEDY,
-                                             key=key, prompt_ids=global_ids, **common),
+      greedy_out = samples_from(sampler(params, chunk, n=1, max_new_tokens=max_new_tokens,
+                                        sampling=GREEDY, key=key, prompt_ids=global_ids),
                                 tokenizer, start)
     for i in range(start, start + len(chunk)):
       record = records[i]

@@ -29,7 +29,7 @@ from flax import traverse_util
 from kdknob_jax.errors import CheckpointMismatchError, ConfigError, TokenizerNotFoundError
 from kdknob_jax.hf import convert
 from kdknob_jax.hf.registry import ModelSource
-from kdknob_jax.hf.tokenizer import _gguf_tokenizer_dir
+from kdknob_jax.hf.tokenizer import gguf_tokenizer_dir
 from kdknob_jax.models import ModelConfig, abstract_params
 
 MARKER = "kdknob_export.json"
@@ -180,7 +180,7 @@ def _tokenizer_dir(source: ModelSource) -> Path | None:
   if source.kind != "gguf":
     return source.path
   try:
-    return _gguf_tokenizer_dir(source.path)
+    return gguf_tokenizer_dir(source.path)
   except TokenizerNotFoundError as e:
     log.warning("Exporting without a tokenizer: %s", e)
     return None

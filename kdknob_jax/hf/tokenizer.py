@@ -115,7 +115,25 @@ class Tokenizer:
     return self.encode(self.render_chat(prompt), add_special_tokens=False)
 
 
-def _gguf_tokenizer_dir(gguf: Path) -> Path:
+def pad_id_of(tokenizer: Tokenizer) -> int:
+  """The id written after a row's end: the pad id, else the first EOS id."""
+  return tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_ids[0]
+
+
+def completion_ids(tokenizer: Tokenizer, text: str, stopped: bool) -> list[int]:
+  """A completion's ids under a tokenizer: the text with no special tokens, then EOS if it
+  ended on a stop token."""
+  ids = tokenizer.encode(text, add_special_tokens=False)
+  if stopped:
+    if not tokenizer.eos_ids:
+      raise ValueError("The tokenizer has no EOS id, so a stopped completion cannot be scored.")
+    ids.append(tokenizer.eos_ids[0])
+  return ids
+
+
+def gguf_tokenizer_dir(gguf: Path) -> Path:
+  """A tokenizer.json directory built once from a GGUF file's metadata (cached by size and
+  mtime), in a child process so this one never imports transformers."""
   st = gguf.stat()
   out = cache_dir() / "tokenizers" / f"{gguf.stem}-{st.st_size}-{int(st.st_mtime)}"
   if not (out / "tokenizer.json").exists():
@@ -134,7 +152,7 @@ def load_tokenizer(source: ModelSource, extra_eos_ids: Sequence[int] = ()) -> To
     TokenizerNotFoundError: the checkpoint has no tokenizer.json.
   """
   if source.kind == "gguf":
-    return Tokenizer(_gguf_tokenizer_dir(source.path), extra_eos_ids)
+    return Tokenizer(gguf_tokenizer_dir(source.path), extra_eos_ids)
   if not (source.path / "tokenizer.json").exists():
     hint = (" It has a sentencepiece tokenizer.model only: convert it once with transformers "
             "(AutoTokenizer.from_pretrained(dir).save_pretrained(dir)) to write tokenizer.json."

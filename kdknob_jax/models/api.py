@@ -11,7 +11,7 @@ import numpy as np
 
 from kdknob_jax.models.config import ModelConfig
 from kdknob_jax.models.transformer import Decoder, head_spec, output_logits
-from kdknob_jax.ops.fused_kl import HeadSpec
+from kdknob_jax.ops.head import HeadSpec
 
 
 @functools.lru_cache(maxsize=None)

@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from kdknob_jax.errors import UnsupportedModelError
+from kdknob_jax.ops.rope import RopeConfig
 
 FULL = "full_attention"
 SLIDING = "sliding_attention"
@@ -34,21 +35,6 @@ _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 _MODEL_TYPES = {"llama": "llama", "qwen3": "qwen3", "gemma3_text": "gemma3", "gemma3": "gemma3"}
 _ROPE_TYPES = ("default", "linear", "llama3", "yarn")
-
-
-@dataclasses.dataclass(frozen=True)
-class RopeConfig:
-  """One RoPE table: base frequency and an optional scaling scheme (HF `rope_type`)."""
-  theta: float
-  kind: str = "default"
-  factor: float = 1.0
-  low_freq_factor: float = 1.0
-  high_freq_factor: float = 4.0
-  original_max_position: int = 0
-  attention_factor: float | None = None
-  beta_fast: float = 32.0
-  beta_slow: float = 1.0
-  truncate: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from kdknob_jax.errors import ConfigError
 from kdknob_jax.models.config import ModelConfig
 
 
@@ -58,3 +59,27 @@ def keep_layers(params: dict, cfg: ModelConfig, indices: Sequence[int]) -> tuple
     new["layers"] = jax.tree_util.tree_map(lambda x: x[take], params["layers"])
   types = tuple(cfg.layer_types[i] for i in idx) if cfg.layer_types else ()
   return new, dataclasses.replace(cfg, num_layers=len(idx), layer_types=types)
+
+
+def parse_keep(spec: str, num_layers: int) -> tuple[int, ...]:
+  """Layer indices from "0-14,21-29" (inclusive ranges and single indices); "" is all.
+
+  Raises:
+    ConfigError: a malformed range, an index outside 0..num_layers−1, or a repeat.
+  """
+  if not str(spec).strip():
+    return tuple(range(num_layers))
+  out = []
+  for part in str(spec).split(","):
+    lo, _, hi = part.strip().partition("-")
+    try:
+      a, b = int(lo), int(hi or lo)
+    except ValueError as e:
+      raise ConfigError(f"config.student_keep {spec!r}: {part!r} is not an index or a range "
+                        "like 0-14.") from e
+    out.extend(range(a, b + 1))
+  bad = [i for i in out if not 0 <= i < num_layers]
+  if bad or len(set(out)) != len(out) or not out:
+    raise ConfigError(f"config.student_keep {spec!r} must list distinct layers in "
+                      f"0..{num_layers - 1} (the student's layers), in order.")
+  return tuple(out)

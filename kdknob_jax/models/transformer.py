@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from kdknob_jax.models.config import ModelConfig
-from kdknob_jax.ops.fused_kl import HeadSpec, head_matmul, softcap
+from kdknob_jax.ops.head import HeadSpec, head_matmul, softcap
 from kdknob_jax.ops.layers import attention, attention_mask, mlp_activation, rms_norm
 from kdknob_jax.ops.rope import apply_rope, rope_tables
 

@@ -25,80 +25,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kdknob_jax.ops.head import (HeadSpec, auto_chunk, chunk_rows, head_logits, raw_logits, softcap,
+                                 unchunk_rows)
 from kdknob_jax.ops.kl import divergence_from_logp, log_probs
 
 Array = jax.Array
-
-# Logits per model per chunk, by backend. On CPU 2**24 (64 MB in float32) already runs at the
-# plain form's speed. GPUs need bigger chunks to fill the matmuls and to amortize the
-# read-modify-write of the [D, V] gradient accumulator once per chunk: on an H100, 64 rows of a
-# 262k vocabulary took 3.4x the plain time in bf16, 256 rows 1.3x (`bench kl`, README).
-_CHUNK_ELEMENTS = {"cpu": 2**24}
-_CHUNK_ELEMENTS_ACCELERATOR = 2**26
-
-
-@dataclasses.dataclass(frozen=True)
-class HeadSpec:
-  """How a model turns final hidden states into logits.
-
-  Attributes:
-    tied: the weight is the embedding [V, D] rather than an LM head [D, V].
-    softcap: Gemma-2-style final logit soft-capping, cap·tanh(z / cap), or None.
-  """
-  tied: bool = False
-  softcap: float | None = None
-
-  def vocab(self, weight: Array) -> int:
-    """V of a head weight in this layout."""
-    return weight.shape[0] if self.tied else weight.shape[1]
-
-
-def head_matmul(h: Array, weight: Array, spec: HeadSpec) -> Array:
-  """Float32 pre-softcap logits [..., V] of hidden states [..., D]."""
-  eq = "...d,vd->...v" if spec.tied else "...d,dv->...v"
-  return jnp.einsum(eq, h, weight, preferred_element_type=jnp.float32)
-
-
-def softcap(z: Array, spec: HeadSpec) -> Array:
-  """The final-logit softcap of the spec, cap·tanh(z / cap), or z unchanged."""
-  return z if spec.softcap is None else spec.softcap * jnp.tanh(z / spec.softcap)
-
-
-def raw_logits(h: Array, weight: Array, spec: HeadSpec) -> Array:
-  """Float32 pre-softcap logits [C, V] of hidden rows h [C, D]; rows stay sharded like the
-  batch and the vocabulary like the head."""
-  return nn.with_logical_constraint(head_matmul(h, weight, spec), ("batch", "vocab"))
-
-
-def head_logits(h: Array, weight: Array, spec: HeadSpec) -> Array:
-  """Float32 logits [C, V] of hidden rows h [C, D], softcap included."""
-  return softcap(raw_logits(h, weight, spec), spec)
-
-
-def auto_chunk(n: int, vocab: int, backend: str | None = None) -> int:
-  """Rows per chunk: about 2**24 logits on CPU and 2**26 on accelerators, a multiple of 8, at
-  least 8, at most n rounded up to 8. `backend` defaults to JAX's default backend."""
-  elements = _CHUNK_ELEMENTS.get(backend or jax.default_backend(), _CHUNK_ELEMENTS_ACCELERATOR)
-  c = max(8, (elements // max(vocab, 1)) // 8 * 8)
-  return min(c, -(-n // 8) * 8)
-
-
-def chunk_rows(x: Array, c: int) -> Array:
-  """[N, ...] → [N/C, C, ...], zero-padding N up to a multiple of C.
-
-  Chunk j holds rows j, j + N/C, j + 2N/C, ...: strided, so that every chunk takes rows from
-  every batch shard and data-parallel devices each compute their own part of every chunk (a
-  contiguous split would put whole chunks on one shard, to be gathered for the scan).
-  `unchunk_rows` undoes it.
-  """
-  pad = (-x.shape[0]) % c
-  x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
-  return jnp.swapaxes(x.reshape((c, -1) + x.shape[1:]), 0, 1)
-
-
-def unchunk_rows(x: Array, n: int) -> Array:
-  """[N/C, C, ...] from `chunk_rows` → the first n rows [n, ...] in their original order."""
-  return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])[:n]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,12 +7,26 @@ Rotation uses the half-split ("rotate_half") layout of HF checkpoints, not inter
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax.numpy as jnp
 import numpy as np
 
-from kdknob_jax.models.config import RopeConfig
+
+@dataclasses.dataclass(frozen=True)
+class RopeConfig:
+  """One RoPE table: base frequency and an optional scaling scheme (HF `rope_type`)."""
+  theta: float
+  kind: str = "default"
+  factor: float = 1.0
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  original_max_position: int = 0
+  attention_factor: float | None = None
+  beta_fast: float = 32.0
+  beta_slow: float = 1.0
+  truncate: bool = True
 
 
 def inverse_frequencies(rope: RopeConfig, head_dim: int) -> tuple[np.ndarray, float]:

@@ -17,6 +17,7 @@ import jax
 from kdknob_jax.errors import RunStateError
 
 _IDENTITY_FILE = "run.json"
+DISTILL_KIND = "distill"  # run.json's "run_kind" of a distillation; calibrations have none
 
 
 def _describe(diff: Mapping[str, tuple[Any, Any]]) -> str:

@@ -1,6 +1,6 @@
 """The distillation step: one jitted update of the student on a batch of completions.
 
-A batch has the rollout layout of `kdknob_jax.trainers.step` (prompts [P, S] run once, rows
+A batch has the rollout layout of `kdknob_jax.train.batch` (prompts [P, S] run once, rows
 [N, T] continue them; padding has position −1 and mask 0), so only completion tokens are ever
 scored: prompt tokens and padding carry no loss. The first completion token is predicted by the
 prompt's last hidden state (`predictor_hidden`).
@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kdknob_jax.diagnostics.traps import predictor_hidden
 from kdknob_jax.models import ModelConfig, head_of
+from kdknob_jax.models.lora import LoraConfig, merge
+from kdknob_jax.models.scoring import completion_logp, predictor_hidden
 from kdknob_jax.ops.fused_kl import fused_divergence
-from kdknob_jax.rl.lora import LoraConfig, merge
-from kdknob_jax.trainers.step import _context, completion_logp
+from kdknob_jax.sharding import mesh_context
 
 Array = jax.Array
 
@@ -89,7 +89,7 @@ def _train_step(state: DistillState, batch: dict[str, Array], *, s_cfg: ModelCon
                 t_cfg: ModelConfig | None, lcfg: LoraConfig | None, lossc: LossConfig,
                 optimizer: optax.GradientTransformation, mesh=None, rules=()
                 ) -> tuple[DistillState, dict[str, Array]]:
-  with _context(mesh, rules):
+  with mesh_context(mesh, rules):
     def loss_fn(trainable):
       student = trainable if lcfg is None else merge(state.base, trainable, lcfg)
       return distill_loss(student, state.teacher, batch, s_cfg=s_cfg, t_cfg=t_cfg, lossc=lossc)

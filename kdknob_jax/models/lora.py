@@ -3,9 +3,9 @@
 For a target weight W of a layer, with input dims I and output dims O (e.g. q_proj maps
 D → (N, H)), the adapter is A [L, I..., r] and B [L, r, O...]. The effective weight is
 W + (α / r)·A·B. B starts at zero, so the adapted model is exactly the base model until the
-first update. The base params are never copied: `merge` builds the effective weights inside
-the jitted step, and with the adapter left out (`lora=None`) the same function is the
-reference model, which the KL anchor needs.
+first update. `merge` builds the effective weights inside the jitted step (a transient merged
+copy of each adapted weight, freed after the step); with the adapter left out (`lora=None`)
+the same function is the reference model, which the KL anchor needs.
 
 Shapes use `ModelConfig`'s letters: L layers, D hidden, N heads, K kv heads, H head dim,
 F MLP width, r the rank.
@@ -14,6 +14,7 @@ F MLP width, r the rank.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import string
 from typing import Sequence
@@ -21,6 +22,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
+
+from kdknob_jax.sharding import mesh_context
 
 Array = jax.Array
 
@@ -112,6 +115,14 @@ def merge(params: dict, lora: dict | None, cfg: LoraConfig) -> dict:
     delta = _delta(ab["a"], ab["b"], INPUT_DIMS[name])
     layers[name] = (w.astype(jnp.float32) + cfg.scale * delta).astype(w.dtype)
   return dict(params, layers=layers)
+
+
+@functools.partial(jax.jit, static_argnames=("lcfg", "mesh", "rules"))
+def merged_params(base: dict, lora: dict, *, lcfg: LoraConfig, mesh=None, rules=()) -> dict:
+  """`merge` as one jitted program under the mesh: the adapted weights for sampling and
+  export (a transient copy; the train steps merge inside their own program)."""
+  with mesh_context(mesh, rules):
+    return merge(base, lora, lcfg)
 
 
 def count(lora: dict) -> int:

@@ -12,30 +12,22 @@ The state carries the frozen base params next to the trainable LoRA tree so the 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from kdknob_jax.diagnostics.traps import predictor_hidden
-from kdknob_jax.models import ModelConfig, head_of
-from kdknob_jax.ops.fused_kl import auto_chunk, chunk_rows, head_logits, unchunk_rows
-from kdknob_jax.ops.kl import log_probs
-from kdknob_jax.rl.lora import LoraConfig, merge
-from kdknob_jax.rl.objective import policy_loss
+from kdknob_jax.calibration.objective import policy_loss
+from kdknob_jax.models import ModelConfig
+from kdknob_jax.models.lora import LoraConfig, merge
+from kdknob_jax.models.scoring import completion_logp
+from kdknob_jax.sharding import mesh_context
 
 Array = jax.Array
-
-# Rollout arrays and the logical axes of their leading dims.
-BATCH_FIELDS = ("prompts", "prompt_pos", "owner", "completions", "completion_pos", "mask",
-                "advantages", "old_logp", "ref_logp")
 
 
 @flax.struct.dataclass
@@ -70,60 +62,6 @@ class StepConfig:
   on_policy: bool = False
 
 
-def make_optimizer(lr: float, warmup_steps: int, clip: float, weight_decay: float,
-                   b1: float = 0.9, b2: float = 0.999) -> optax.GradientTransformation:
-  """AdamW after global-norm clipping, the learning rate warmed up linearly then constant."""
-  schedule = optax.join_schedules(
-      [optax.linear_schedule(0.0, lr, max(warmup_steps, 1)), optax.constant_schedule(lr)],
-      [max(warmup_steps, 1)]) if warmup_steps > 0 else optax.constant_schedule(lr)
-  return optax.chain(optax.clip_by_global_norm(clip),
-                     optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay))
-
-
-def _context(mesh, rules):
-  if mesh is None:
-    return contextlib.nullcontext()
-  stack = contextlib.ExitStack()
-  stack.enter_context(mesh)  # the decoder engine does the same (inside jit)
-  stack.enter_context(nn.logical_axis_rules(rules))
-  return stack
-
-
-def completion_logp(params: dict, cfg: ModelConfig, batch: dict[str, Array], chunk: int
-                    ) -> Array:
-  """Float32 log-probs [N, T] of every completion token under `params` (0 on padding).
-
-  The head runs over chunks of rows under `jax.checkpoint`, so the backward pass holds one
-  chunk's [chunk, V] logits at a time.
-  """
-  hidden = predictor_hidden(params, cfg, batch["prompts"], batch["prompt_pos"], batch["owner"],
-                            batch["completions"], batch["completion_pos"])
-  n, t, d = hidden.shape
-  weight, spec = head_of(params, cfg)
-
-  @jax.checkpoint
-  def one(xs):
-    h, tok = xs
-    lp = log_probs(head_logits(h, weight, spec))
-    return jnp.take_along_axis(lp, tok[:, None], axis=1)[:, 0]
-
-  rows = n * t
-  c = chunk or auto_chunk(rows, cfg.vocab_size)
-  out = jax.lax.map(one, (chunk_rows(hidden.reshape(rows, d), c),
-                          chunk_rows(batch["completions"].reshape(rows).astype(jnp.int32), c)))
-  lp = unchunk_rows(out, rows).reshape(n, t)
-  return jnp.where(batch["completion_pos"] >= 0, lp, 0.0)
-
-
-@functools.partial(jax.jit, static_argnames=("cfg", "lcfg", "mesh", "rules"))
-def merged_params(base: dict, lora: dict, *, cfg: ModelConfig, lcfg: LoraConfig, mesh=None,
-                  rules=()) -> dict:
-  """The adapted weights, for sampling (a transient copy; the step never needs one)."""
-  del cfg
-  with _context(mesh, rules):
-    return merge(base, lora, lcfg)
-
-
 @functools.partial(jax.jit, static_argnames=("cfg", "lcfg", "scfg", "mesh", "rules"))
 def score_rollouts(state: CalibState, batch: dict[str, Array], *, cfg: ModelConfig,
                    lcfg: LoraConfig, scfg: StepConfig, mesh=None, rules=()
@@ -131,7 +69,7 @@ def score_rollouts(state: CalibState, batch: dict[str, Array], *, cfg: ModelConf
   """(old_logp, ref_logp) [N, T]: the sampling policy's and the base model's log-probs of
   the completion tokens. Each is zeros when it is not needed: old_logp on policy (see
   `StepConfig.on_policy`), ref_logp without a KL anchor."""
-  with _context(mesh, rules):
+  with mesh_context(mesh, rules):
     zeros = jnp.zeros(batch["completions"].shape, jnp.float32)
     old = (zeros if scfg.on_policy else
            completion_logp(merge(state.base, state.lora, lcfg), cfg, batch, scfg.chunk))
@@ -143,7 +81,7 @@ def _train_step(state: CalibState, batch: dict[str, Array], rng: Array, *, cfg: 
                 lcfg: LoraConfig, scfg: StepConfig, optimizer: optax.GradientTransformation,
                 mesh=None, rules=()) -> tuple[CalibState, dict[str, Array]]:
   del rng  # the clipped surrogate is deterministic given the batch
-  with _context(mesh, rules):
+  with mesh_context(mesh, rules):
     def loss_fn(lora):
       logp = completion_logp(merge(state.base, lora, lcfg), cfg, batch, scfg.chunk)
       old = jax.lax.stop_gradient(logp) if scfg.on_policy else batch["old_logp"]
@@ -174,23 +112,3 @@ def make_train_step(cfg: ModelConfig, lcfg: LoraConfig, scfg: StepConfig,
                          mesh=mesh, rules=tuple(rules))
   out = None if state_shardings is None else (state_shardings, None)
   return jax.jit(fn, donate_argnums=0, out_shardings=out)
-
-
-def batch_sharding(mesh, rules) -> Any:
-  """NamedSharding of rollout arrays: leading dim over the rules' batch axes."""
-  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
-  target = dict(rules).get("batch")
-  axes = (target,) if isinstance(target, str) else tuple(target or ())
-  axes = tuple(a for a in axes if mesh.shape[a] > 1)
-  spec = PartitionSpec(axes if len(axes) > 1 else (axes[0] if axes else None))
-  return NamedSharding(mesh, spec)
-
-
-def to_device(batch: dict[str, np.ndarray], mesh=None, rules=()) -> dict[str, Array]:
-  """Host arrays onto the mesh, rows split over the batch axes. Every process holds the same
-  host batch, so each one builds its own shards from it (this also works across processes)."""
-  if mesh is None:
-    return {k: jnp.asarray(v) for k, v in batch.items()}
-  sharding = batch_sharding(mesh, rules)
-  return {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
-          for k, v in batch.items()}

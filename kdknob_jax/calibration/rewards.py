@@ -11,44 +11,18 @@ ending there. Only completion tokens are summed.
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from kdknob_jax.diagnostics.traps import call_arrays, pack_calls, predictor_hidden
-from kdknob_jax.hf.tokenizer import Tokenizer
+from kdknob_jax.hf.tokenizer import Tokenizer, completion_ids
 from kdknob_jax.models import ModelConfig, head_of
-from kdknob_jax.ops.fused_kl import HeadSpec, auto_chunk, chunk_rows, head_logits, unchunk_rows
-from kdknob_jax.ops.kl import log_probs
+from kdknob_jax.models.scoring import (call_arrays, pack_calls, predictor_hidden,
+                                       realized_from_hidden)
+from kdknob_jax.ops.head import auto_chunk
 
 Array = jax.Array
-
-
-@functools.partial(jax.jit, static_argnames=("spec", "chunk"))
-def realized_from_hidden(hidden: Array, weight: Array, tokens: Array, *, spec: HeadSpec,
-                         chunk: int) -> Array:
-  """Float32 log-probs [N] of tokens [N] from hidden states [N, D], chunk by chunk over N."""
-  def one(xs):
-    h, t = xs
-    lp = log_probs(head_logits(h, weight, spec))
-    return jnp.take_along_axis(lp, t[:, None], axis=1)[:, 0]
-
-  out = jax.lax.map(one, (chunk_rows(hidden, chunk), chunk_rows(tokens.astype(jnp.int32), chunk)))
-  return unchunk_rows(out, hidden.shape[0])
-
-
-def completion_ids(tokenizer: Tokenizer, text: str, stopped: bool) -> list[int]:
-  """A completion's ids under a tokenizer: the text with no special tokens, then EOS if it
-  ended on a stop token."""
-  ids = tokenizer.encode(text, add_special_tokens=False)
-  if stopped:
-    if not tokenizer.eos_ids:
-      raise ValueError("The tokenizer has no EOS id, so a stopped completion cannot be scored.")
-    ids.append(tokenizer.eos_ids[0])
-  return ids
 
 
 def text_logprobs(model: tuple[dict, ModelConfig], tokenizer: Tokenizer,

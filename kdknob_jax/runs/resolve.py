@@ -13,18 +13,19 @@ from pathlib import Path
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import SingleDeviceSharding
 
 from kdknob_jax import sharding as sharding_lib
-from kdknob_jax.checkpoint import RunCheckpoints, read_identity
 from kdknob_jax.errors import RunStateError
 from kdknob_jax.hf import LoadedModel, load_model, load_tokenizer
 from kdknob_jax.hf.tokenizer import Tokenizer
 from kdknob_jax.models import param_axes
-from kdknob_jax.rl.lora import LoraConfig, init_lora, merge, targets_from_names
-
-DISTILL_KIND = "distill"  # run.json's "run_kind" of a distillation; calibrations have none
+from kdknob_jax.models.derive import keep_layers, parse_keep
+from kdknob_jax.models.lora import LoraConfig, init_lora, merged_params, targets_from_names
+from kdknob_jax.runs.checkpoints import DISTILL_KIND, RunCheckpoints, read_identity
+from kdknob_jax.train.optimizer import make_optimizer
 
 
 def is_workdir(spec: str | Path) -> bool:
@@ -43,10 +44,14 @@ def workdir_step(spec: str | Path) -> int | None:
     ckpt.close()
 
 
-def lora_config(identity: dict) -> LoraConfig:
-  """The adapter settings recorded in a run's identity."""
+def lora_config(identity: dict) -> LoraConfig | None:
+  """The adapter settings recorded in a run's identity (None: rank 0, full fine-tuning; alpha
+  0 means alpha = rank)."""
   lo = identity["lora"]
-  return LoraConfig(int(lo["rank"]), float(lo["alpha"]), targets_from_names(lo["targets"]))
+  if not lo["rank"]:
+    return None
+  return LoraConfig(int(lo["rank"]), float(lo["alpha"] or lo["rank"]),
+                    targets_from_names(lo["targets"]))
 
 
 def saved_abstract(trainable: dict, optimizer_settings: dict, key: str) -> dict:
@@ -57,7 +62,6 @@ def saved_abstract(trainable: dict, optimizer_settings: dict, key: str) -> dict:
     optimizer_settings: the identity's "optimizer" entry.
     key: the tree's name in the checkpoint ("lora" for calibration, "params" for distillation).
   """
-  from kdknob_jax.trainers.step import make_optimizer  # pylint: disable=g-import-not-at-top
   o = optimizer_settings
   opt = make_optimizer(o["lr"], o["warmup_steps"], o["clip"], o["weight_decay"], o["b1"],
                        o["b2"])
@@ -88,7 +92,8 @@ def restore_trained(workdir: str | Path, identity: dict, trainable: dict, key: s
   return saved[key]
 
 
-def _place(params: dict, cfg, mesh, rules) -> dict:
+def place(params: dict, cfg, mesh, rules) -> dict:
+  """Params on the mesh, each weight in its shards (unchanged without a mesh)."""
   if mesh is None:
     return params
   shardings = sharding_lib.shardings_for(jax.eval_shape(lambda: params), param_axes(cfg), mesh,
@@ -116,8 +121,8 @@ def calibrated_teacher(workdir: str | Path, dtype: str | None = None, mesh=None,
   shapes = jax.eval_shape(lambda: base.params)
   lora_shapes = jax.eval_shape(lambda: init_lora(shapes, lcfg, jax.random.PRNGKey(0)))
   lora = restore_trained(workdir, identity, lora_shapes, "lora", step)
-  merged = jax.jit(lambda b, l: merge(b, l, lcfg))(base.params, lora)
-  return dataclasses.replace(base, params=_place(merged, base.config, mesh, rules))
+  merged = merged_params(base.params, lora, lcfg=lcfg)
+  return dataclasses.replace(base, params=place(merged, base.config, mesh, rules))
 
 
 def load_trained_tokenizer(spec: str | Path) -> Tokenizer:
@@ -147,7 +152,50 @@ def load_trained(spec: str | Path, dtype: str = "float32", mesh=None,
   tokenizer = load_trained_tokenizer(spec)
   if is_workdir(spec):
     if read_identity(spec).get("run_kind") == DISTILL_KIND:
-      from kdknob_jax.trainers import distill  # pylint: disable=g-import-not-at-top
-      return distill.trained_student(spec, dtype, mesh, rules, step), tokenizer
+      return trained_student(spec, dtype, mesh, rules, step), tokenizer
     return calibrated_teacher(spec, dtype, mesh, rules, step), tokenizer
   return load_model(str(spec), dtype=dtype, mesh=mesh, rules=rules), tokenizer
+
+
+def load_student(student: str, keep: str, dtype: str, mesh=None,
+                 rules: Sequence = sharding_lib.DEFAULT_RULES) -> LoadedModel:
+  """A student's starting weights: `student`, cut to the layers `keep` names ("": all).
+
+  Raises:
+    ConfigError: a malformed `keep`.
+  """
+  model = load_model(student, dtype=dtype)
+  layers = parse_keep(keep, model.config.num_layers)
+  if layers != tuple(range(model.config.num_layers)):
+    params, cfg = keep_layers(model.params, model.config, layers)
+    params = jax.tree_util.tree_map(jnp.array, params)  # own the sliced layers
+    model = dataclasses.replace(model, params=params, config=cfg)
+  return dataclasses.replace(model, params=place(model.params, model.config, mesh, rules))
+
+
+def trained_student(workdir: str | Path, dtype: str | None = None, mesh=None,
+                    rules: Sequence = sharding_lib.DEFAULT_RULES, step: int | None = None
+                    ) -> LoadedModel:
+  """A distillation run's student (adapters merged), from its latest (or `step`) checkpoint.
+
+  Args:
+    workdir: the run's --workdir.
+    dtype: of the returned weights (default: the run's).
+    mesh, rules: place the weights on this mesh.
+    step: the checkpoint (default: the latest).
+  """
+  identity = read_identity(workdir)
+  # In the run's dtype, which is what the checkpoint holds.
+  model = load_student(identity["student"], identity["student_keep"], identity["dtype"])
+  lcfg = lora_config(identity)
+  shapes = jax.eval_shape(lambda: model.params)
+  trainable = shapes if lcfg is None else jax.eval_shape(
+      lambda: init_lora(shapes, lcfg, jax.random.PRNGKey(0)))
+  params = restore_trained(workdir, identity, trainable, "params", step)
+  if lcfg is not None:
+    params = merged_params(model.params, params, lcfg=lcfg)
+  cfg = model.config
+  if dtype and dtype != cfg.dtype:
+    params = jax.tree_util.tree_map(lambda x: x.astype(dtype), params)
+    cfg = dataclasses.replace(cfg, dtype=dtype)
+  return dataclasses.replace(model, params=place(params, cfg, mesh, rules), config=cfg)

@@ -14,86 +14,23 @@ Stages, each in its own directory under the workdir and each resuming when rerun
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
 
 from kdknob_jax import distributed
+from kdknob_jax import settings as settings_lib
+from kdknob_jax.calibration import trainer as calibration
 from kdknob_jax.data import get_task, load_records
-from kdknob_jax.errors import ConfigError
-from kdknob_jax.trainers import calibration
-from kdknob_jax.trainers import config as calib_config
-from kdknob_jax.trainers import distill
-from kdknob_jax.trainers import distill_config
-from kdknob_jax.trainers import resolve
-from kdknob_jax.trainers import table as table_lib
-
-CALIBRATED = {"distillable": 1.0, "undistillable": -1.0}
+from kdknob_jax.distillation import trainer as distill
+from kdknob_jax.experiments import table as table_lib
+from kdknob_jax.experiments.pipeline_config import (CALIBRATED, PipelineConfig, calibration as
+                                                    calibration_config, distillation,
+                                                    methods)
+from kdknob_jax.runs import resolve
 
 
-def base_config():
-  """The pipeline's settings: the models, one calibration and one distillation config that
-  every run of the stage starts from, the methods, and the evaluation."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  c = ml_collections.ConfigDict()
-  c.teacher = ""
-  c.student = ""
-  c.student_keep = ""      # cut the student from `student` (see distill_config.parse_keep)
-  c.dtype = "bfloat16"
-  c.lam = 1.0              # |λ| of the calibrated teachers
-  c.calibrate = calib_config.base_config()   # teacher, target and lam are set per run
-  c.distill = distill_config.base_config()   # teacher, student and method are set per run
-  c.baselines = "sft,gkd_fkl,gkd_rkl"        # students of the original teacher
-  c.calibrated_methods = "sft,gkd_fkl,gkd_rkl"  # improve / misled students
-  c.evaluation = ml_collections.ConfigDict(dict(
-      task="gsm8k", source="gsm8k/test.jsonl", split="", offset=0, limit=0, n=16, ks="1,16",
-      max_new_tokens=0, temperature=1.0, top_k=0, top_p=1.0, greedy=True, chat=True, seed=0,
-      prompts_per_call=32))
-  return c
-
-
-def _methods(spec: str) -> list[str]:
-  out = [m.strip() for m in str(spec).split(",") if m.strip()]
-  bad = [m for m in out if m not in distill_config.METHODS]
-  if bad:
-    raise ConfigError(f"Unknown distillation methods {bad}; use {distill_config.METHODS}.")
-  return out
-
-
-def check(c) -> None:
-  """Checks the pipeline's config and every run config it will make, before any model loads."""
-  if not c.teacher or not c.student:
-    raise ConfigError("config.teacher and config.student must both name a model.")
-  if c.lam <= 0:
-    raise ConfigError(f"config.lam is |λ| and must be > 0, got {c.lam}.")
-  if not _methods(c.baselines):
-    raise ConfigError("config.baselines lists no method; name at least one of "
-                      f"{distill_config.METHODS}.")
-  _methods(c.calibrated_methods)
-  for lam in CALIBRATED.values():
-    calib_config.check(_calibration(c, lam, "student"))
-  for method in distill_config.METHODS:
-    distill_config.check(_distill(c, method, "teacher", "student", "cache"))
-  e = c.evaluation
-  if e.n < 1 or any(int(k) > e.n for k in str(e.ks).split(",")):
-    raise ConfigError(f"config.evaluation: n = {e.n} must be >= 1 and >= every k in {e.ks}.")
-
-
-def _calibration(c, lam: float, target: str):
-  cfg = copy.deepcopy(c.calibrate)
-  cfg.teacher, cfg.target, cfg.lam, cfg.dtype = c.teacher, target, lam * c.lam, c.dtype
-  return cfg
-
-
-def _distill(c, method: str, teacher: str, student: str, cache: str):
-  cfg = copy.deepcopy(c.distill)
-  cfg.teacher, cfg.student, cfg.method, cfg.dtype = teacher, student, method, c.dtype
-  cfg.student_keep, cfg.samples_cache = "", cache
-  return cfg
-
-
-def prepare_student(c, workdir: Path) -> str:
+def prepare_student(c: PipelineConfig, workdir: Path) -> str:
   """The student's model spec: `config.student`, or its cut written once as an HF checkpoint."""
   if not str(c.student_keep).strip():
     return str(c.student)
@@ -101,22 +38,19 @@ def prepare_student(c, workdir: Path) -> str:
   marker = out / "kdknob_export.json"
   if marker.is_file() and json.loads(marker.read_text()).get("complete"):
     return str(out)
-  import ml_collections  # pylint: disable=g-import-not-at-top
   from kdknob_jax.hf.save import save_pretrained  # pylint: disable=g-import-not-at-top
-  spec = ml_collections.ConfigDict(dict(student=c.student, student_keep=c.student_keep,
-                                        dtype="float32"))
-  model = distill.load_student(spec)
+  model = resolve.load_student(c.student, c.student_keep, "float32")
   if distributed.is_main():
     save_pretrained(model.params, model.config, model.hf_config, model.source, out)
   distributed.sync("student_base")
   return str(out)
 
 
-def _eval_settings(c) -> dict:
-  return json.loads(json.dumps(c.evaluation.to_dict()))
+def _eval_settings(c: PipelineConfig) -> dict:
+  return json.loads(json.dumps(settings_lib.as_dict(c.evaluation)))
 
 
-def evaluate_model(c, spec: str, out: Path, label: str, progress: bool) -> dict:
+def evaluate_model(c: PipelineConfig, spec: str, out: Path, label: str, progress: bool) -> dict:
   """Evaluates one model into `out`, or reads the result of an identical earlier evaluation."""
   from kdknob_jax.evals import evaluate, write_report  # pylint: disable=g-import-not-at-top
   from kdknob_jax.evals.report import read_metrics  # pylint: disable=g-import-not-at-top
@@ -142,10 +76,10 @@ def evaluate_model(c, spec: str, out: Path, label: str, progress: bool) -> dict:
   return result.metrics
 
 
-def run(c, workdir: str | Path, progress: bool = True) -> dict:
-  """Runs (or resumes) every stage; returns {"table": markdown, "paths": {...}, "seconds"}."""
+def run(c: PipelineConfig, workdir: str | Path, progress: bool = True) -> dict:
+  """Runs (or resumes) every stage of a checked config (`pipeline_config.build`); returns
+  {"table": markdown, "paths": {...}, "seconds", "claims"}."""
   t0 = time.perf_counter()
-  check(c)
   wd = Path(workdir)
   wd.mkdir(parents=True, exist_ok=True)
   student = prepare_student(c, wd)
@@ -153,17 +87,17 @@ def run(c, workdir: str | Path, progress: bool = True) -> dict:
   for name, lam in CALIBRATED.items():
     run_dir = wd / f"teacher_{name}"
     _say(progress, f"calibrating the {name} teacher (λ = {lam * c.lam:+g}) in {run_dir}")
-    calibration.run(_calibration(c, lam, student), run_dir, progress=progress)
+    calibration.run(calibration_config(c, lam, student), run_dir, progress=progress)
     teachers[name] = str(run_dir)
   students = {}
-  plan = [(f"student_{m}", "original", m) for m in _methods(c.baselines)]
-  for m in _methods(c.calibrated_methods):
+  plan = [(f"student_{m}", "original", m) for m in methods(c.baselines)]
+  for m in methods(c.calibrated_methods):
     plan += [(f"improve_{m}", "distillable", m), (f"misled_{m}", "undistillable", m)]
   for row, teacher, method in plan:
     run_dir = wd / row
     cache = str(wd / "samples" / f"{teacher}.parquet")
     _say(progress, f"distilling {row} ({method} from the {teacher} teacher) in {run_dir}")
-    distill.run(_distill(c, method, teachers[teacher], student, cache), run_dir,
+    distill.run(distillation(c, method, teachers[teacher], student, cache), run_dir,
                 progress=progress)
     students[row] = str(run_dir)
   models = {"teacher": teachers["original"], "teacher_distillable": teachers["distillable"],

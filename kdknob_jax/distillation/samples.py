@@ -19,10 +19,10 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from kdknob_jax.decode import SamplingConfig
-from kdknob_jax.decode.engine import Generation, generate_ids
+from kdknob_jax import settings as settings_lib
+from kdknob_jax.decode import Generation, Sampler, SamplingConfig
 from kdknob_jax.errors import ConfigError
-from kdknob_jax.rl.rewards import completion_ids
+from kdknob_jax.hf.tokenizer import completion_ids
 
 _META_KEY = b"kdknob_samples"
 # The config keys whose values produced the samples (with the teacher's checkpoint step).
@@ -72,7 +72,7 @@ class TeacherSamples:
 
 def cache_meta(config, teacher_step: int | None) -> dict:
   """What identifies a cache: the producing settings and the teacher's checkpoint step."""
-  d = config.to_dict()
+  d = settings_lib.as_dict(config)
   return json.loads(json.dumps(dict({k: d[k] for k in _META_KEYS}, teacher_step=teacher_step)))
 
 
@@ -128,18 +128,15 @@ def sample(params: dict, cfg, tokenizer, prompts: Sequence[Sequence[int]], confi
   per decoder call. Keys derive from each prompt's index, so the split does not matter."""
   c = config
   key = jax.random.fold_in(jax.random.PRNGKey(c.seed), 2)
-  pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_ids[0]
+  sampler = Sampler.for_tokenizer(cfg, tokenizer, mesh=mesh, rules=rules)
+  sampling = SamplingConfig(c.temperature, c.top_k, c.top_p)
   tokens, texts, stopped = [], [], []
   bar = tqdm(total=len(prompts), desc="teacher samples", unit="prompt",
              disable=not progress or jax.process_index() != 0)
   for lo in range(0, len(prompts), c.sample_batch):
     chunk = list(prompts[lo:lo + c.sample_batch])
-    gen = generate_ids(params, cfg, chunk, n=c.samples_per_prompt,
-                       max_new_tokens=c.max_new_tokens,
-                       sampling=SamplingConfig(c.temperature, c.top_k, c.top_p),
-                       stop_ids=tokenizer.eos_ids, key=key,
-                       prompt_ids=np.arange(lo, lo + len(chunk)), pad_id=pad, mesh=mesh,
-                       rules=rules)
+    gen = sampler(params, chunk, n=c.samples_per_prompt, max_new_tokens=c.max_new_tokens,
+                  sampling=sampling, key=key, prompt_ids=np.arange(lo, lo + len(chunk)))
     for r in range(gen.tokens.shape[0]):
       tokens.append(gen.row_tokens(r))
       texts.append(tokenizer.decode(gen.row_tokens(r)))

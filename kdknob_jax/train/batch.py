@@ -1,22 +1,25 @@
-"""Rollouts of the teacher and their rewards, on the host side of the calibration step.
+"""The batch layout every trainer feeds its jitted step: which train rows a step reads, the
+rollout arrays (prompts run once, completion rows continue them), and their placement on the
+mesh.
 
-A rollout batch: P prompts from the train split in a seeded per-epoch order, G samples of
-each from the current (adapted) teacher, graded by the task's verifier, laid out as the arrays
-the jitted step reads (see `kdknob_jax.trainers.step`).
+Shapes: P prompts, S prompt slots, N completion rows, T completion slots. Padding has position
+−1 and mask 0.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from kdknob_jax.decode.engine import Generation
-from kdknob_jax.diagnostics.traps import _bucket  # the scoring kernels' own row/length buckets
 from kdknob_jax.hf.tokenizer import Tokenizer
-from kdknob_jax.rl.rewards import completion_ids, text_logprobs
+from kdknob_jax.models.scoring import round_up
 
+Array = jax.Array
 
 def data_indices(step: int, per_step: int, n_records: int, seed: int) -> np.ndarray:
   """The train rows of a step: positions step·P .. step·P + P − 1 of an endless stream that
@@ -35,7 +38,7 @@ class Rollouts:
   """One step's samples as host arrays (rows prompt-major, N = P·G real rows first).
 
   Attributes:
-    arrays: the step's input arrays except log-probs and advantages (see `step.BATCH_FIELDS`).
+    arrays: the step's input arrays except log-probs and advantages .
     texts: [N] decoded completions.
     stopped: [N] ended on a stop token.
     lengths: [N] completion tokens.
@@ -58,10 +61,10 @@ def layout(prompt_ids: Sequence[Sequence[int]], gen: Generation, tokenizer: Toke
   has one shape and compiles once) and bucketed; padding has position −1 and mask 0.
   """
   n_rows = gen.tokens.shape[0]
-  p_pad = _bucket(len(prompt_ids), row_multiple)
-  r_pad = _bucket(n_rows, row_multiple)
-  s = _bucket(max(max(len(p) for p in prompt_ids), prompt_slots), 32)
-  t = _bucket(max(int(gen.lengths.max()), completion_slots, 1), 16)
+  p_pad = round_up(len(prompt_ids), row_multiple)
+  r_pad = round_up(n_rows, row_multiple)
+  s = round_up(max(max(len(p) for p in prompt_ids), prompt_slots), 32)
+  t = round_up(max(int(gen.lengths.max()), completion_slots, 1), 16)
   prompts = np.zeros((p_pad, s), np.int32)
   prompt_pos = np.full((p_pad, s), -1, np.int32)
   for i, p in enumerate(prompt_ids):
@@ -83,20 +86,21 @@ def layout(prompt_ids: Sequence[Sequence[int]], gen: Generation, tokenizer: Toke
                   np.asarray(gen.prompt_index))
 
 
-def target_logprobs(target, tokenizer: Tokenizer, prompts: Sequence[str], rollouts: Rollouts,
-                    chat: bool | None, rows_per_call: int, prompt_slots: int = 0,
-                    completion_slots: int = 0) -> np.ndarray:
-  """log π_target(y|x) [N] of each completion's text, scored with the target's own tokenizer
-  and prompt format. A completion with no text under that tokenizer (e.g. only special tokens,
-  no stop) scores 0."""
-  n = len(rollouts.texts)
-  keep = [i for i in range(n)
-          if completion_ids(tokenizer, rollouts.texts[i], bool(rollouts.stopped[i]))]
-  out = np.zeros(n)
-  if keep:
-    out[keep] = text_logprobs(
-        target, tokenizer, [prompts[int(rollouts.prompt_of[i])] for i in keep],
-        [rollouts.texts[i] for i in keep], [bool(rollouts.stopped[i]) for i in keep],
-        chat=chat, rows_per_call=rows_per_call, prompt_slots=prompt_slots,
-        completion_slots=completion_slots)
-  return out
+def batch_sharding(mesh, rules) -> Any:
+  """NamedSharding of rollout arrays: leading dim over the rules' batch axes."""
+  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+  target = dict(rules).get("batch")
+  axes = (target,) if isinstance(target, str) else tuple(target or ())
+  axes = tuple(a for a in axes if mesh.shape[a] > 1)
+  spec = PartitionSpec(axes if len(axes) > 1 else (axes[0] if axes else None))
+  return NamedSharding(mesh, spec)
+
+
+def to_device(batch: dict[str, np.ndarray], mesh=None, rules=()) -> dict[str, Array]:
+  """Host arrays onto the mesh, rows split over the batch axes. Every process holds the same
+  host batch, so each one builds its own shards from it (this also works across processes)."""
+  if mesh is None:
+    return {k: jnp.asarray(v) for k, v in batch.items()}
+  sharding = batch_sharding(mesh, rules)
+  return {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
+          for k, v in batch.items()}

@@ -1,1 +1,0 @@
-"""Reinforcement fine-tuning of the teacher (the calibration knob): objective math first."""

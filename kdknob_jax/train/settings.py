@@ -1,0 +1,131 @@
+"""The settings every trainer shares, typed: data splits, the optimizer, LoRA, the run loop's
+cadences, and the checks they all need (one place for their messages)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from kdknob_jax.data import get_task, load_records
+from kdknob_jax.errors import ConfigError
+from kdknob_jax.models.lora import INPUT_DIMS, LoraConfig, targets_from_names
+from kdknob_jax.settings import need
+from kdknob_jax.train.optimizer import make_optimizer
+
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+  """A split of a task's data: rows offset .. offset + limit of `source` (limit 0: all)."""
+  task: str = "gsm8k"
+  source: str = "gsm8k/train.jsonl"
+  split: str = ""
+  offset: int = 0
+  limit: int = 0
+
+  def load(self):
+    """(task, records), checked against the task's fields.
+
+    Raises:
+      ConfigError, DataError: no rows, or rows the task cannot read (named by line).
+    """
+    records = load_records(self.source, self.split or None, self.limit or None, self.offset)
+    task = get_task(self.task)
+    task.check_records(records, self.offset)
+    if not records:
+      raise ConfigError(f"{self.source} (offset {self.offset}) has no rows; fix the config's "
+                        "data.")
+    return task, records
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalDataSettings(DataSettings):
+  """The held-out split; `max_new_tokens` 0 uses the run's."""
+  source: str = "gsm8k/test.jsonl"
+  limit: int = 64
+  max_new_tokens: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+  """AdamW after global-norm clipping, warmed up linearly then constant."""
+  lr: float = 2e-5
+  warmup_steps: int = 10
+  clip: float = 1.0
+  weight_decay: float = 0.0
+  b1: float = 0.9
+  b2: float = 0.999
+
+  def make(self):
+    return make_optimizer(self.lr, self.warmup_steps, self.clip, self.weight_decay, self.b1,
+                          self.b2)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSettings:
+  """Adapters as a config file spells them; rank 0 means none (full fine-tuning) where a
+  trainer allows it; alpha 0 means alpha = rank."""
+  rank: int = 128
+  alpha: float = 128.0
+  targets: str = "all"
+
+  def config(self) -> LoraConfig | None:
+    if not self.rank:
+      return None
+    return LoraConfig(int(self.rank), float(self.alpha or self.rank),
+                      targets_from_names(self.targets))
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+  """What the run loop reads: how long, and how often it evaluates, logs and checkpoints.
+
+  Attributes:
+    steps: the run ends after this step.
+    eval_every: evaluate every this many steps (0: only at the end).
+    checkpoint_every: checkpoint every this many steps and at the end.
+    keep_checkpoints: the newest checkpoints kept.
+    log_every: write metrics every this many steps and at the end.
+    seed: the root of every key and of the data order.
+    rows_per_step: train rows a step reads (recorded as the checkpoint's data position).
+  """
+  steps: int
+  eval_every: int
+  checkpoint_every: int
+  keep_checkpoints: int
+  log_every: int
+  seed: int
+  rows_per_step: int
+
+
+def loop_settings(c) -> LoopSettings:
+  """The loop's settings of a trainer config (they are top-level keys of every config)."""
+  return LoopSettings(c.steps, c.eval_every, c.checkpoint_every, c.keep_checkpoints,
+                      c.log_every, c.seed, c.prompts_per_step)
+
+
+def check_common(c, full_finetune: bool = False) -> None:
+  """The checks every trainer config needs; raises ConfigError naming the value and the fix.
+
+  Args:
+    c: a trainer's typed config.
+    full_finetune: lora.rank 0 (train every weight) is allowed.
+  """
+  need(c.dtype in DTYPES, f"config.dtype must be float32 or bfloat16, got {c.dtype!r}.")
+  need(c.prompts_per_step >= 1, "config.prompts_per_step must be >= 1.")
+  need(c.max_new_tokens >= 1, "config.max_new_tokens must be >= 1.")
+  need(c.steps >= 1, "config.steps must be >= 1.")
+  need(c.checkpoint_every >= 1, "config.checkpoint_every must be >= 1.")
+  if c.lora.rank:
+    targets = targets_from_names(c.lora.targets)
+    unknown = sorted(set(targets) - set(INPUT_DIMS))
+    need(not unknown and bool(targets), f"config.lora.targets {unknown or '(none)'} are not "
+         f"projections; use 'all', 'attention', 'mlp' or names from {sorted(INPUT_DIMS)}.")
+  if full_finetune:
+    need(c.lora.rank >= 0, "config.lora.rank must be >= 0 (0: full fine-tuning).")
+  else:
+    need(c.lora.rank >= 1, "config.lora.rank must be >= 1.")
+  need(c.optimizer.lr > 0, "config.optimizer.lr must be > 0.")
+  for name in ("train", "eval"):
+    d = getattr(c, name)
+    need(bool(d.task) and bool(d.source), f"config.{name} needs task and source.")

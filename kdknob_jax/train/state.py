@@ -1,0 +1,44 @@
+"""Placing a run's state on the mesh and waiting for it: replicated scalars, committed leaves,
+one sharded program in flight at a time, and gathering across processes."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+
+def replicate(x: jax.Array, mesh) -> jax.Array:
+  """x on every device of the mesh (small values: step counters, keys)."""
+  sharding = NamedSharding(mesh, PartitionSpec())
+  host = np.asarray(jax.device_get(x))
+  return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+
+def commit(tree, mesh):
+  """Every leaf committed to the whole mesh (replicated unless it already is). jit caches on
+  committedness, and optax's step counters come out of `init` on a single device."""
+  devices = set(mesh.devices.flat)
+  return jax.tree_util.tree_map(
+      lambda x: x if x.committed and x.sharding.device_set == devices else replicate(x, mesh),
+      tree)
+
+
+def shardings_of(tree):
+  """The sharding of every leaf (to pin a step's output to its input's)."""
+  return jax.tree_util.tree_map(lambda x: x.sharding, tree)
+
+
+def settle(x):
+  """Waits for x. One sharded program at a time: on XLA:CPU, two programs in flight whose
+  collectives span the same simulated devices can starve each other's threads on a few cores
+  (a deadlock we hit with 8 devices on 2 cores); the cost is a little host/device overlap."""
+  return jax.block_until_ready(x)
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """The whole of x on this host, gathered across processes when it is not all addressable."""
+  if x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

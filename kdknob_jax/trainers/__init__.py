@@ -1,1 +1,0 @@
-"""Trainers: the calibration loop (reinforcement fine-tuning of the teacher)."""
