@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from kdknob_jax.errors import ConfigError
 
@@ -67,6 +67,13 @@ def from_mapping(cls, values: Mapping[str, Any], where: str = "config"):
     else:
       kwargs[name] = _plain(value)
   return cls(**kwargs)
+
+
+def build(cls, values: Mapping[str, Any], check: Callable[[Any], None]):
+  """`from_mapping(cls, values)`, then `check` on the result: a command's one way in."""
+  typed = from_mapping(cls, values)
+  check(typed)
+  return typed
 
 
 def as_dict(settings) -> dict[str, Any]:

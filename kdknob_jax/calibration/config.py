@@ -19,8 +19,7 @@ from kdknob_jax import settings as settings_lib
 from kdknob_jax.calibration.objective import AGGREGATIONS
 from kdknob_jax.errors import ConfigError
 from kdknob_jax.settings import need
-from kdknob_jax.train.settings import (DataSettings, EvalDataSettings, LoraSettings,
-                                       OptimizerSettings, check_common)
+from kdknob_jax.train.settings import LoraSettings, OptimizerSettings, RunSettings, check_common
 
 # Settings that define a run: changing one of them and resuming into the same workdir is an
 # error, since the checkpoint would not mean what the config says.
@@ -34,7 +33,7 @@ EMBEDDED_TARGET = "gemma3-270m"
 
 
 @dataclasses.dataclass(frozen=True)
-class CalibConfig:
+class CalibConfig(RunSettings):
   """Every calibration setting.
 
   Attributes:
@@ -55,12 +54,9 @@ class CalibConfig:
     chat: teacher prompts through its chat template (if it has one).
     target_chat: the same for the target, with its own template.
     lora, optimizer: the adapters and their optimizer.
-    train, eval: the data splits.
-    steps, eval_every, checkpoint_every, keep_checkpoints, log_every, seed: the run loop.
     rows_per_call: target scoring, completions per forward pass.
-    chunk: LM-head rows per chunk in the step (0: automatic).
     peak_flops: per device, for MFU; 0 looks the device up.
-    mesh: mesh axis sizes; rules: logical-axis rules overriding the defaults.
+    The data splits, the loop's cadences, chunk, mesh and rules are `RunSettings`'.
   """
   teacher: str = ""
   target: str = ""
@@ -84,19 +80,8 @@ class CalibConfig:
   target_chat: bool = True
   lora: LoraSettings = LoraSettings()
   optimizer: OptimizerSettings = OptimizerSettings()
-  train: DataSettings = DataSettings()
-  eval: EvalDataSettings = EvalDataSettings()
-  steps: int = 200
-  eval_every: int = 50
-  checkpoint_every: int = 25
-  keep_checkpoints: int = 3
-  log_every: int = 1
-  seed: int = 0
   rows_per_call: int = 16
-  chunk: int = 0
   peak_flops: float = 0.0
-  mesh: dict = dataclasses.field(default_factory=lambda: dict(data=1, fsdp=-1, tensor=1))
-  rules: tuple = ()
 
   @property
   def on_policy(self) -> bool:
@@ -177,6 +162,4 @@ def check(c: CalibConfig) -> None:
 
 def build(values) -> CalibConfig:
   """The checked `CalibConfig` of a config file's values (a ConfigDict or nested dicts)."""
-  c = settings_lib.from_mapping(CalibConfig, values)
-  check(c)
-  return c
+  return settings_lib.build(CalibConfig, values, check)

@@ -21,6 +21,8 @@ def rollout_metrics(info: dict) -> dict[str, float]:
       "advantage/mean": float(np.mean(info["adv"])),
       "advantage/std": float(np.std(info["adv"])),
       "advantage/abs_max": float(np.max(np.abs(info["adv"]))),
+      # Rounding of the rewards, relative, times this bounds the advantages' (objective.py).
+      "advantage/sensitivity": info["sensitivity"],
       "logp/teacher": float(np.mean(info["logp_teacher"])),
       "logp/target": float(np.mean(info["logp_target"])),
       # On the teacher's samples: the k1 estimate of KL(teacher‖target) per sequence.

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from kdknob_jax.calibration import step as step_lib
-from kdknob_jax.calibration.objective import combine_advantages
+from kdknob_jax.calibration.objective import advantage_sensitivity, combine_advantages
 from kdknob_jax.calibration.rewards import text_logprobs
 from kdknob_jax.hf.tokenizer import Tokenizer, completion_ids
 from kdknob_jax.models.lora import merged_params
@@ -90,14 +90,15 @@ def rollout(t, state: step_lib.CalibState, step: int, key: jax.Array):
     logp_target = logp_teacher.copy()
   r_task = correct.astype(np.float64)
   r_cal = logp_target - logp_teacher
-  adv = np.asarray(combine_advantages(
-      {"task": r_task, "cal": r_cal}, {"task": c.task_weight, "cal": c.lam}, c.group_size,
-      c.renormalize))
+  rewards, weights = {"task": r_task, "cal": r_cal}, {"task": c.task_weight, "cal": c.lam}
+  adv = np.asarray(combine_advantages(rewards, weights, c.group_size, c.renormalize))
+  sensitivity = advantage_sensitivity(rewards, weights, c.group_size)
   full_adv = np.zeros(host["mask"].shape[0], np.float32)
   full_adv[:n] = adv
   batch.update(batch_lib.to_device({"advantages": full_adv}, t.mesh, t.rules))
   batch.update(old_logp=old, ref_logp=ref)
-  info = dict(correct=correct, r_task=r_task, r_cal=r_cal, adv=adv, logp_teacher=logp_teacher,
+  info = dict(correct=correct, r_task=r_task, r_cal=r_cal, adv=adv, sensitivity=sensitivity,
+              logp_teacher=logp_teacher,
               logp_target=logp_target, lengths=ro.lengths, stopped=ro.stopped,
               prompt_of=ro.prompt_of, texts=ro.texts, prompts=prompts, ids=ids, gen=gen)
   return batch, info

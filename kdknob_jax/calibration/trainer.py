@@ -32,7 +32,6 @@ from kdknob_jax.models.lora import init_lora, lora_axes, merged_params
 from kdknob_jax.runs.checkpoints import RunCheckpoints
 from kdknob_jax.runs.metrics import device_peak_flops
 from kdknob_jax.train import loop
-from kdknob_jax.train.settings import loop_settings
 from kdknob_jax.train.state import commit, replicate, settle, shardings_of
 
 _PROBE = "Calibrate 12,345 tokens: naïve café — ∑ ok?"
@@ -166,5 +165,5 @@ def run(config: CalibConfig, workdir: str | Path, progress: bool = True,
   ckpt = RunCheckpoints(workdir, config.identity(), keep=config.keep_checkpoints)
   trainer = Calibration(config)
   state = trainer.initial_state()
-  return loop.run(trainer, state, ckpt, loop_settings(config), workdir, trainer.mesh,
+  return loop.run(trainer, state, ckpt, config.loop(), workdir, trainer.mesh,
                   settings_lib.flat(config), progress=progress, stop_after=stop_after)

@@ -18,8 +18,7 @@ from kdknob_jax import settings as settings_lib
 from kdknob_jax.errors import ConfigError
 from kdknob_jax.runs.checkpoints import DISTILL_KIND
 from kdknob_jax.settings import need
-from kdknob_jax.train.settings import (DataSettings, EvalDataSettings, LoraSettings,
-                                       OptimizerSettings, check_common)
+from kdknob_jax.train.settings import LoraSettings, OptimizerSettings, RunSettings, check_common
 
 METHODS = ("sft", "gkd_fkl", "gkd_rkl")
 # (on_policy_share, jsd_beta) of each method when the config leaves them at -1.
@@ -38,7 +37,7 @@ EMBEDDED_STUDENT_KEEP = "0-14,21-29"
 
 
 @dataclasses.dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(RunSettings):
   """Every distillation setting.
 
   Attributes:
@@ -53,12 +52,9 @@ class DistillConfig:
     samples_per_prompt: completions per prompt (teacher samples cached; student on-policy).
     prompts_per_step, max_new_tokens, chat: the batch.
     lora: the student's adapters (rank 0: full fine-tuning); optimizer: their optimizer.
-    train, eval: the data splits.
     samples_cache: the teacher samples (Parquet); "": <workdir>/teacher_samples.parquet.
     sample_batch: prompts per decoder call while caching teacher samples.
-    steps, eval_every, checkpoint_every, keep_checkpoints, log_every, seed: the run loop.
-    chunk: LM-head rows per chunk in the losses (0: automatic).
-    mesh, rules: the mesh axis sizes and logical-axis rules.
+    The data splits, the loop's cadences, chunk, mesh and rules are `RunSettings`'.
   """
   teacher: str = ""
   student: str = ""
@@ -76,19 +72,8 @@ class DistillConfig:
   chat: bool = True
   lora: LoraSettings = LoraSettings(rank=0, alpha=0.0)
   optimizer: OptimizerSettings = OptimizerSettings(lr=1e-5)
-  train: DataSettings = DataSettings()
-  eval: EvalDataSettings = EvalDataSettings()
   samples_cache: str = ""
   sample_batch: int = 64
-  steps: int = 200
-  eval_every: int = 50
-  checkpoint_every: int = 25
-  keep_checkpoints: int = 3
-  log_every: int = 1
-  seed: int = 0
-  chunk: int = 0
-  mesh: dict = dataclasses.field(default_factory=lambda: dict(data=1, fsdp=-1, tensor=1))
-  rules: tuple = ()
 
   @property
   def knobs(self) -> tuple[float, float]:
@@ -128,9 +113,7 @@ def check(c: DistillConfig) -> None:
 
 def build(values) -> DistillConfig:
   """The checked `DistillConfig` of a config file's values (a ConfigDict or nested dicts)."""
-  c = settings_lib.from_mapping(DistillConfig, values)
-  check(c)
-  return c
+  return settings_lib.build(DistillConfig, values, check)
 
 
 def embedded(c, arg: str | None):

@@ -33,7 +33,6 @@ from kdknob_jax.runs import resolve
 from kdknob_jax.runs.checkpoints import RunCheckpoints
 from kdknob_jax.train import batch as batch_lib
 from kdknob_jax.train import loop
-from kdknob_jax.train.settings import loop_settings
 from kdknob_jax.train.state import commit, replicate, settle, shardings_of
 
 _PROBE = "Distil 12,345 tokens: naïve café — ∑ ok?"
@@ -223,5 +222,5 @@ def run(config: DistillConfig, workdir: str | Path, progress: bool = True,
     if config.method == "sft":
       trainer.teacher = None  # SFT needs only the samples: free the teacher's memory
   state = trainer.initial_state()
-  return loop.run(trainer, state, ckpt, loop_settings(config), workdir, trainer.mesh,
+  return loop.run(trainer, state, ckpt, config.loop(), workdir, trainer.mesh,
                   settings_lib.flat(config), progress=progress, stop_after=stop_after)

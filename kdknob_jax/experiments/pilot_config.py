@@ -118,6 +118,4 @@ def check(c: PilotConfig) -> None:
 
 def build(values) -> PilotConfig:
   """The checked `PilotConfig` of a config file's values."""
-  c = settings_lib.from_mapping(PilotConfig, values)
-  check(c)
-  return c
+  return settings_lib.build(PilotConfig, values, check)

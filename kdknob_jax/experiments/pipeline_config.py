@@ -135,6 +135,4 @@ def check(c: PipelineConfig) -> None:
 
 def build(values) -> PipelineConfig:
   """The checked `PipelineConfig` of a config file's values."""
-  c = settings_lib.from_mapping(PipelineConfig, values)
-  check(c)
-  return c
+  return settings_lib.build(PipelineConfig, values, check)

@@ -98,10 +98,34 @@ class LoopSettings:
   rows_per_step: int
 
 
-def loop_settings(c) -> LoopSettings:
-  """The loop's settings of a trainer config (they are top-level keys of every config)."""
-  return LoopSettings(c.steps, c.eval_every, c.checkpoint_every, c.keep_checkpoints,
-                      c.log_every, c.seed, c.prompts_per_step)
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+  """The settings every trainer's config has (a base of `CalibConfig` and `DistillConfig`).
+
+  Attributes:
+    train, eval: the data splits.
+    steps, eval_every, checkpoint_every, keep_checkpoints, log_every, seed: the run loop (see
+      `LoopSettings`).
+    chunk: LM-head rows per chunk in the step (0: automatic).
+    mesh: mesh axis sizes; rules: logical-axis rules overriding the defaults.
+  """
+  train: DataSettings = DataSettings()
+  eval: EvalDataSettings = EvalDataSettings()
+  steps: int = 200
+  eval_every: int = 50
+  checkpoint_every: int = 25
+  keep_checkpoints: int = 3
+  log_every: int = 1
+  seed: int = 0
+  chunk: int = 0
+  mesh: dict = dataclasses.field(default_factory=lambda: dict(data=1, fsdp=-1, tensor=1))
+  rules: tuple = ()
+
+  def loop(self) -> LoopSettings:
+    """What the run loop reads of this config (a subclass defines `prompts_per_step`)."""
+    return LoopSettings(self.steps, self.eval_every, self.checkpoint_every,
+                        self.keep_checkpoints, self.log_every, self.seed,
+                        self.prompts_per_step)  # pytype: disable=attribute-error
 
 
 def check_common(c, full_finetune: bool = False) -> None:

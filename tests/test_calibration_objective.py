@@ -114,3 +114,21 @@ def test_policy_loss_errors():
     policy_loss(x, x, jnp.zeros(2), x, aggregation="sum")
   with pytest.raises(ValueError, match="ref_logp"):
     policy_loss(x, x, jnp.zeros(2), x, beta=0.1)
+
+
+def test_advantage_sensitivity_bounds_how_far_rounding_moves_the_advantages():
+  """Relative perturbations ε of the rewards move each advantage by at most ε × sensitivity;
+  a nearly tied group (rewards 0.05 apart) makes the factor large."""
+  from kdknob_jax.calibration.objective import advantage_sensitivity  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  r_cal = np.array([-26.57, -51.82, -26.29, -26.23])
+  r_task = np.array([0.0, 1.0, 1.0, 1.0])
+  rewards, weights = {"task": r_task, "cal": r_cal}, {"task": 1.0, "cal": -1.0}
+  factor = advantage_sensitivity(rewards, weights, 2)
+  assert factor > 400  # the second group's calibration rewards nearly tie
+  base = np.asarray(combine_advantages(rewards, weights, 2), np.float64)
+  eps = 1e-6
+  for _ in range(20):
+    moved = {k: v * (1 + eps * rng.uniform(-1, 1, v.shape)) for k, v in rewards.items()}
+    shift = np.abs(np.asarray(combine_advantages(moved, weights, 2), np.float64) - base).max()
+    assert shift <= eps * factor * 1.01 + 1e-6  # + float32 rounding of the advantages
