@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from kdknob_jax.errors import KdknobError
+from kdknob_jax.errors import EXIT_PREEMPTED, KdknobError, PreemptedError
 
 
 def config_command(what: str, build: Callable[[object], object],
@@ -18,7 +18,8 @@ def config_command(what: str, build: Callable[[object], object],
                    distributed_start: bool = True) -> None:
   """Parses the flags, builds the typed settings with `build(config_dict)` and runs
   `run(settings, workdir)`, then `report(result, settings, workdir)` on the main process.
-  Exits with 0, or 2 after printing a `KdknobError`.
+  Exits with 0; 2 after printing a `KdknobError`; `EXIT_PREEMPTED` (75) when a signal stopped
+  the run after saving it (the same command resumes).
 
   Args:
     what: the config files it takes, for --help ("A calibration config (configs/...)").
@@ -45,6 +46,9 @@ def config_command(what: str, build: Callable[[object], object],
       if distributed_start:
         distributed.initialize()
       result = run(settings, workdir)
+    except PreemptedError as e:
+      print(f"stopped: {e}", file=sys.stderr)
+      return EXIT_PREEMPTED
     except KdknobError as e:
       print(f"error: {e}", file=sys.stderr)
       return 2

@@ -35,3 +35,16 @@ class RunStateError(KdknobError, RuntimeError):
 
 class DistributedError(KdknobError, RuntimeError):
   """A multi-process launch environment that is incomplete, malformed, or fails to connect."""
+
+
+class NonFiniteError(KdknobError, FloatingPointError):
+  """A loss, gradient norm or reward that came out NaN or infinite; nothing of it was saved."""
+
+
+class PreemptedError(KdknobError):
+  """The run was asked to stop (SIGTERM/SIGINT) and saved its last completed step; rerunning
+  the same command resumes it. Command lines exit with `EXIT_PREEMPTED` for it."""
+
+
+# sysexits' EX_TEMPFAIL: schedulers and wrappers read it as "try again later".
+EXIT_PREEMPTED = 75

@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from kdknob_jax.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical name -> mesh axes (a tuple shards over their product). Configs may override.
@@ -34,20 +36,25 @@ def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = N
   """A mesh over (data, fsdp, tensor); one size may be -1, meaning "the remaining devices".
 
   Raises:
-    ValueError: when the sizes do not multiply to the device count.
+    ConfigError (a ValueError): when the sizes do not multiply to the device count.
   """
   devices = list(devices if devices is not None else jax.devices())
+  unknown = sorted(set(sizes) - set(MESH_AXES))
+  if unknown:
+    raise ConfigError(f"Mesh axes {unknown} are not ours; use {MESH_AXES} (config.mesh).")
   shape = [int(sizes.get(a, 1)) for a in MESH_AXES]
   if shape.count(-1) > 1:
-    raise ValueError(f"At most one mesh axis may be -1, got {dict(zip(MESH_AXES, shape))}.")
+    raise ConfigError(f"At most one mesh axis may be -1, got {dict(zip(MESH_AXES, shape))}.")
   if -1 in shape:
     known = int(np.prod([s for s in shape if s != -1]))
     if len(devices) % known:
-      raise ValueError(f"{len(devices)} devices cannot be split by the fixed axes {sizes}.")
+      raise ConfigError(f"{len(devices)} devices cannot be split by the fixed mesh axes "
+                        f"{dict(sizes)}; make their product divide {len(devices)} (config.mesh).")
     shape[shape.index(-1)] = len(devices) // known
   if int(np.prod(shape)) != len(devices):
-    raise ValueError(f"Mesh {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, "
-                     f"but {len(devices)} are available; fix the config's mesh sizes.")
+    raise ConfigError(f"Mesh {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} "
+                      f"devices, but {len(devices)} are available; fix config.mesh (one axis "
+                      "may be -1: the remaining devices).")
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 
 

@@ -88,3 +88,25 @@ def test_step_update_is_the_reinforce_gradient(tiny_dir, on_policy):
     lp = jax.nn.log_softmax(logits[0, len(PROMPTS[p]) - 1:-1], axis=-1)
     ref = np.take_along_axis(np.asarray(lp), np.asarray(c)[:, None], axis=1)[:, 0]
     np.testing.assert_allclose(np.asarray(old)[r, :len(c)], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_a_nan_advantage_leaves_the_adapters_and_optimizer_as_they_were(tiny_dir):
+  """The jitted step keeps the old state when its loss or gradient is not finite, so a
+  checkpoint can never hold NaN adapters (the loop then stops or skips: test_train_loop)."""
+  model = load_model(tiny_dir("llama_untied"))
+  lcfg = LoraConfig(rank=2, alpha=4.0, targets=("q_proj", "v_proj"))
+  lora = init_lora(model.params, lcfg, jax.random.PRNGKey(0))
+  opt = optax.adam(1e-2)
+  state = step_lib.CalibState(step=jnp.zeros((), jnp.int32), lora=lora,
+                              opt_state=opt.init(lora), base=model.params)
+  batch = {k: jnp.asarray(v) for k, v in _batch().items()}
+  batch["advantages"] = batch["advantages"].at[1].set(jnp.nan)
+  before = jax.tree_util.tree_map(np.asarray, (lora, state.opt_state))
+  scfg = step_lib.StepConfig(beta=0.0, on_policy=True)
+  new, metrics = step_lib.make_train_step(model.config, lcfg, scfg, opt)(
+      state, batch, jax.random.PRNGKey(1))
+  assert not np.isfinite(float(metrics["loss"]))
+  assert int(new.step) == 1
+  for a, b in zip(jax.tree_util.tree_leaves(before),
+                  jax.tree_util.tree_leaves((new.lora, new.opt_state))):
+    np.testing.assert_array_equal(a, np.asarray(b))

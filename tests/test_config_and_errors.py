@@ -121,3 +121,24 @@ def test_tokenizer_missing(tiny_dir):
 def test_bad_dtype():
   with pytest.raises(UnsupportedModelError, match="float16"):
     ModelConfig.from_hf(TINY["llama"], dtype="float16")
+
+
+def test_truncated_safetensors_is_named_and_left_alone(tiny_dir, tmp_path):
+  shutil.copytree(tiny_dir("llama"), tmp_path / "m")
+  weights = tmp_path / "m" / "model.safetensors"
+  cut = weights.read_bytes()[: weights.stat().st_size // 2]
+  weights.write_bytes(cut)
+  with pytest.raises(CheckpointMismatchError, match="damaged or truncated.*Download"):
+    load_model(str(tmp_path / "m"))
+  assert weights.read_bytes() == cut
+
+
+# Inside the header; past the last tensor's start; inside the last tensor.
+@pytest.mark.parametrize("keep", [0.001, 0.9, 0.9999])
+def test_truncated_gguf_is_named(tmp_path, keep):
+  src = resolve("smollm2-135m-instruct").path
+  data = src.read_bytes()
+  cut = tmp_path / "cut.gguf"
+  cut.write_bytes(data[: int(len(data) * keep)])
+  with pytest.raises(CheckpointMismatchError, match="truncated.*Download"):
+    load_model(str(cut))

@@ -26,6 +26,7 @@ from kdknob_jax.models import ModelConfig
 from kdknob_jax.models.lora import LoraConfig, merge
 from kdknob_jax.models.scoring import completion_logp
 from kdknob_jax.sharding import mesh_context
+from kdknob_jax.train.state import keep_if_finite
 
 Array = jax.Array
 
@@ -92,7 +93,10 @@ def _train_step(state: CalibState, batch: dict[str, Array], rng: Array, *, cfg: 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.lora)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.lora)
     lora = optax.apply_updates(state.lora, updates)
-  metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+    grad_norm = optax.tree.norm(grads)
+    lora, opt_state = keep_if_finite((lora, opt_state), (state.lora, state.opt_state),
+                                     loss, grad_norm)
+  metrics = dict(metrics, loss=loss, grad_norm=grad_norm)
   return state.replace(step=state.step + 1, lora=lora, opt_state=opt_state), metrics
 
 

@@ -29,9 +29,9 @@ from kdknob_jax.diagnostics.traps import score_sequences
 from kdknob_jax.hf import load_config, load_model, load_tokenizer
 from kdknob_jax.models import param_axes
 from kdknob_jax.models.lora import init_lora, lora_axes, merged_params
-from kdknob_jax.runs.checkpoints import RunCheckpoints
 from kdknob_jax.runs.metrics import device_peak_flops
 from kdknob_jax.train import loop
+from kdknob_jax.train.settings import check_positions
 from kdknob_jax.train.state import commit, replicate, settle, shardings_of
 
 _PROBE = "Calibrate 12,345 tokens: naïve café — ∑ ok?"
@@ -66,6 +66,8 @@ class Calibration:
                             for r in records)
     self.target_prompt_slots = max(
         len(self.target_tok.encode_prompt(task.prompt(r), chat=c.target_chat)) for r in records)
+    check_positions(self.teacher.config, self.prompt_slots, c.max_new_tokens, "teacher")
+    check_positions(self.target.config, self.target_prompt_slots, c.max_new_tokens, "target")
     self.sampling = SamplingConfig(c.temperature, c.top_k, c.top_p)
     self.rollout_sampler = Sampler.for_tokenizer(
         self.teacher.config, self.teacher_tok, mesh=self.mesh, rules=self.rules,
@@ -161,9 +163,9 @@ def run(config: CalibConfig, workdir: str | Path, progress: bool = True,
     {"step": last step, "metrics": its metrics, "workdir": path}.
   """
   workdir = Path(workdir)
-  # The identity is checked before any model loads: another run's workdir costs nothing.
-  ckpt = RunCheckpoints(workdir, config.identity(), keep=config.keep_checkpoints)
-  trainer = Calibration(config)
-  state = trainer.initial_state()
-  return loop.run(trainer, state, ckpt, config.loop(), workdir, trainer.mesh,
-                  settings_lib.flat(config), progress=progress, stop_after=stop_after)
+  # The lock and identity come before any model loads: a busy or foreign workdir costs nothing.
+  with loop.open_workdir(workdir, config.identity(), config.keep_checkpoints) as ckpt:
+    trainer = Calibration(config)
+    state = trainer.initial_state()
+    return loop.run(trainer, state, ckpt, config.loop(), workdir, trainer.mesh,
+                    settings_lib.flat(config), progress=progress, stop_after=stop_after)

@@ -7,12 +7,18 @@ from typing import Sequence
 import numpy as np
 
 # Exit-code tolerances of `python -m kdknob_jax.compare`, per dtype. float32 is gated on the
-# mean per-token KL and exact greedy agreement; bfloat16 on the worst per-token KL, since bf16
-# rounding makes greedy paths legitimately diverge once two candidates are near-tied.
+# mean per-token KL against torch and exact greedy agreement. bfloat16 is gated on the distance
+# of our bf16 model from the float32 model (`check_bf16`): torch's bf16 kernels differ from CPU
+# to CPU (max KL to ours 0.012 on an AVX2 EPYC, 0.064 on an AVX-512 Xeon), so torch-vs-ours in
+# bf16 measures torch's kernels and is reported, not gated.
 TOLERANCES = {
     "float32": {"mean_kl": 1e-4, "greedy_agreement_min": 1.0},
-    "bfloat16": {"max_kl": 0.015},
+    "bfloat16": {},
 }
+# bfloat16: our mean KL from the float32 model may exceed torch's bf16 by this factor at most,
+# and our worst per-token KL from it stays below the bound on every CPU.
+BF16_VS_TORCH = 1.25
+BF16_MAX_KL = 0.03
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -62,4 +68,18 @@ def check(figures: dict[str, float], dtype: str) -> list[str]:
         bad.append(f"{name}={figures[name]:.4g} < {bound}")
     elif figures[key] > bound:
       bad.append(f"{key}={figures[key]:.4g} > {bound}")
+  return bad
+
+
+def check_bf16(ours_vs_f32: dict[str, float], torch_vs_f32: dict[str, float]) -> list[str]:
+  """Names what is out of tolerance for a bfloat16 port: ours must be about as close to the
+  float32 model as torch's bfloat16 is (mean KL within `BF16_VS_TORCH` of torch's), and no
+  position's KL from float32 may exceed `BF16_MAX_KL`."""
+  bad = []
+  limit = BF16_VS_TORCH * torch_vs_f32["mean_kl"]
+  if ours_vs_f32["mean_kl"] > limit:
+    bad.append(f"mean KL(f32||ours bf16)={ours_vs_f32['mean_kl']:.4g} > {BF16_VS_TORCH} x "
+               f"torch bf16's {torch_vs_f32['mean_kl']:.4g}")
+  if ours_vs_f32["max_kl"] > BF16_MAX_KL:
+    bad.append(f"max KL(f32||ours bf16)={ours_vs_f32['max_kl']:.4g} > {BF16_MAX_KL}")
   return bad

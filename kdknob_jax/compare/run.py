@@ -69,10 +69,13 @@ def compare(model: str, dtype: str = "float32", prompts: Sequence[str] = DEFAULT
   source = resolve(model)
   t0 = time.time()
   ours = load_model(source, dtype=dtype)
+  # bf16 is judged by its distance from the float32 model (ours; it equals torch's float32 to
+  # ~1e-10 KL), against torch's bf16 distance from the same model.
+  ours32 = load_model(source, dtype="float32") if dtype == "bfloat16" else None
   ref = torch_model if torch_model is not None else torch_side.load_torch_model(source, dtype)
   load_s = time.time() - t0
   ids, encoding = prompt_ids(source, prompts, ours.config.vocab_size)
-  per_prompt, all_ref, all_ours = [], [], []
+  per_prompt, all_ref, all_ours, all_f32 = [], [], [], []
   for p in tqdm(ids, desc=f"compare {model} {dtype}", leave=False):
     ref_new = torch_side.greedy(ref, p, new_tokens)
     our_new = jax_side.greedy(ours.params, ours.config, p, new_tokens)
@@ -81,6 +84,8 @@ def compare(model: str, dtype: str = "float32", prompts: Sequence[str] = DEFAULT
     lo = jax_side.logits(ours.params, ours.config, seq)
     all_ref.append(lr)
     all_ours.append(lo)
+    if ours32 is not None:
+      all_f32.append(jax_side.logits(ours32.params, ours32.config, seq))
     figs = metrics.logit_figures(lr, lo)
     figs["greedy_agreement"] = metrics.greedy_agreement(ref_new, our_new)
     figs.update(prompt_tokens=len(p), ref_tokens=ref_new, our_tokens=our_new)
@@ -88,10 +93,17 @@ def compare(model: str, dtype: str = "float32", prompts: Sequence[str] = DEFAULT
   overall = metrics.logit_figures(np.concatenate(all_ref), np.concatenate(all_ours))
   overall["greedy_agreement"] = float(np.mean([f["greedy_agreement"] for f in per_prompt]))
   failures = metrics.check(overall, dtype)
+  vs_f32 = {}
+  if ours32 is not None:
+    f32 = np.concatenate(all_f32)
+    vs_f32 = {"ours_bf16": metrics.logit_figures(f32, np.concatenate(all_ours)),
+              "torch_bf16": metrics.logit_figures(f32, np.concatenate(all_ref))}
+    failures += metrics.check_bf16(vs_f32["ours_bf16"], vs_f32["torch_bf16"])
   return {
       "model": model, "source": str(source.path), "dtype": dtype, "encoding": encoding,
       "new_tokens": new_tokens, "positions": int(sum(len(x) for x in all_ref)),
-      "load_seconds": round(load_s, 1), "overall": overall, "per_prompt": per_prompt,
+      "load_seconds": round(load_s, 1), "overall": overall, "vs_float32": vs_f32,
+      "per_prompt": per_prompt,
       "tolerances": metrics.TOLERANCES[dtype], "failures": failures, "passed": not failures,
   }
 
@@ -107,6 +119,9 @@ def format_report(result: dict) -> str:
       f"  max KL(torch||jax)  {o['max_kl']:.3e}",
       f"  top-1 agreement    {o['top1_agreement']:.4f}",
       f"  greedy agreement   {o['greedy_agreement']:.4f}",
-      "  PASS" if result["passed"] else "  FAIL: " + "; ".join(result["failures"]),
   ]
+  for who, figs in result.get("vs_float32", {}).items():
+    lines.append(f"  {who} vs our float32: mean KL {figs['mean_kl']:.3e}, max KL "
+                 f"{figs['max_kl']:.3e}")
+  lines.append("  PASS" if result["passed"] else "  FAIL: " + "; ".join(result["failures"]))
   return "\n".join(lines)

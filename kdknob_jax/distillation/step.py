@@ -28,6 +28,7 @@ from kdknob_jax.models.lora import LoraConfig, merge
 from kdknob_jax.models.scoring import completion_logp, predictor_hidden
 from kdknob_jax.ops.fused_kl import fused_divergence
 from kdknob_jax.sharding import mesh_context
+from kdknob_jax.train.state import keep_if_finite
 
 Array = jax.Array
 
@@ -97,8 +98,10 @@ def _train_step(state: DistillState, batch: dict[str, Array], *, s_cfg: ModelCon
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-             "tokens": jnp.sum(batch["mask"])}
+    grad_norm = optax.tree.norm(grads)
+    params, opt_state = keep_if_finite((params, opt_state), (state.params, state.opt_state),
+                                       loss, grad_norm)
+  metrics = {"loss": loss, "grad_norm": grad_norm, "tokens": jnp.sum(batch["mask"])}
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

@@ -30,9 +30,9 @@ from kdknob_jax.hf import load_tokenizer
 from kdknob_jax.models import param_axes
 from kdknob_jax.models.lora import init_lora, lora_axes, merged_params
 from kdknob_jax.runs import resolve
-from kdknob_jax.runs.checkpoints import RunCheckpoints
 from kdknob_jax.train import batch as batch_lib
 from kdknob_jax.train import loop
+from kdknob_jax.train.settings import check_positions
 from kdknob_jax.train.state import commit, replicate, settle, shardings_of
 
 _PROBE = "Distil 12,345 tokens: naïve café — ∑ ok?"
@@ -84,6 +84,7 @@ class Distillation:
     task, records = self.train
     self.prompt_ids = [student_tok.encode_prompt(task.prompt(r), chat=c.chat) for r in records]
     self.prompt_slots = max(len(p) for p in self.prompt_ids)
+    check_positions(self.student.config, self.prompt_slots, c.max_new_tokens, "student")
     self.row_multiple = batch_divisor(self.mesh, self.rules)
     self.lcfg = c.lora.config()
     self.lossc = LossConfig("ce" if c.method == "sft" else "jsd", beta, float(c.temperature),
@@ -215,12 +216,12 @@ def run(config: DistillConfig, workdir: str | Path, progress: bool = True,
   workdir = Path(workdir)
   student_tok, same = check_tokenizers(config)
   config.train.load(), config.eval.load()  # bad data fails before the workdir is bound
-  ckpt = RunCheckpoints(workdir, config.identity(), keep=config.keep_checkpoints)
-  trainer = Distillation(config, student_tok, same)
-  if trainer.share < 1.0:
-    trainer.cache = trainer.teacher_samples(workdir, progress)
-    if config.method == "sft":
-      trainer.teacher = None  # SFT needs only the samples: free the teacher's memory
-  state = trainer.initial_state()
-  return loop.run(trainer, state, ckpt, config.loop(), workdir, trainer.mesh,
-                  settings_lib.flat(config), progress=progress, stop_after=stop_after)
+  with loop.open_workdir(workdir, config.identity(), config.keep_checkpoints) as ckpt:
+    trainer = Distillation(config, student_tok, same)
+    if trainer.share < 1.0:
+      trainer.cache = trainer.teacher_samples(workdir, progress)
+      if config.method == "sft":
+        trainer.teacher = None  # SFT needs only the samples: free the teacher's memory
+    state = trainer.initial_state()
+    return loop.run(trainer, state, ckpt, config.loop(), workdir, trainer.mesh,
+                    settings_lib.flat(config), progress=progress, stop_after=stop_after)

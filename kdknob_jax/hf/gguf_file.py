@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from kdknob_jax.errors import UnsupportedModelError
+from kdknob_jax.errors import CheckpointMismatchError, UnsupportedModelError
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
             11: "<q", 12: "<d"}
@@ -37,6 +37,21 @@ class GGUFFile:
     buf = self._buf
     if buf[:4] != b"GGUF":
       raise UnsupportedModelError(f"{self.path} is not a GGUF file (bad magic bytes).")
+    try:
+      self._parse_header(skip_arrays)
+    except (struct.error, ValueError, OverflowError, MemoryError) as e:
+      raise CheckpointMismatchError(
+          f"{self.path} ({len(buf)} bytes) has a damaged or truncated GGUF header ({e}). "
+          "Download the file again.") from e
+    last = max((off for _, _, off in self.tensors.values()), default=0)
+    if self._data_start + last > len(buf):
+      raise CheckpointMismatchError(
+          f"{self.path} is truncated: its tensors start at byte {self._data_start} and reach "
+          f"past {self._data_start + last}, but the file has {len(buf)} bytes. Download it "
+          "again.")
+
+  def _parse_header(self, skip_arrays: tuple[str, ...]) -> None:
+    buf = self._buf
     version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
     if version < 2:
       raise UnsupportedModelError(f"{self.path}: GGUF version {version} is too old; need >= 2.")
@@ -99,6 +114,11 @@ class GGUFFile:
     block, type_size = GGML_QUANT_SIZES[kind]
     n_elems = int(np.prod(shape))
     n_bytes = n_elems // block * type_size
+    end = self._data_start + offset + n_bytes
+    if end > len(self._buf):
+      raise CheckpointMismatchError(
+          f"{self.path} is truncated: tensor {name} ends at byte {end}, but the file has "
+          f"{len(self._buf)} bytes. Download it again.")
     raw = np.frombuffer(self._buf, dtype=np.uint8, count=n_bytes,
                         offset=self._data_start + offset)
     rows = n_elems // shape[-1]

@@ -43,7 +43,12 @@ class SafetensorsSource:
       path = self.directory / f
       if not path.exists():
         raise ModelNotFoundError(f"Shard {path} listed in the index is missing; download it.")
-      handle = safe_open(str(path), framework="numpy")
+      try:
+        handle = safe_open(str(path), framework="numpy")
+      except Exception as e:  # safetensors raises its own SafetensorError for a bad file
+        raise CheckpointMismatchError(
+            f"{path} ({path.stat().st_size} bytes) cannot be read as safetensors ({e}): it is "
+            "damaged or truncated. Download or export it again.") from e
       self._handles[f] = handle
       for name in handle.keys():
         self._where[name] = f

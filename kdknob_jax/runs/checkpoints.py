@@ -9,6 +9,7 @@ renames it when complete, so a process killed mid-save leaves the previous steps
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -50,7 +51,7 @@ class RunCheckpoints:
     if not path.exists():
       if jax.process_index() == 0:
         self.directory.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.identity, indent=1, sort_keys=True))
+        write_atomic(path, json.dumps(self.identity, indent=1, sort_keys=True))
       return
     try:
       saved = json.loads(path.read_text())
@@ -99,6 +100,17 @@ class RunCheckpoints:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def write_atomic(path: Path, text: str) -> None:
+  """Writes `text` to a temporary file, then renames it over `path`: a process killed
+  mid-write leaves the old file or none, never a half-written one."""
+  tmp = path.with_name(path.name + ".tmp")
+  with tmp.open("w", encoding="utf-8") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
 
 
 def read_identity(directory: str | Path) -> dict:

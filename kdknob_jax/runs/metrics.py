@@ -13,6 +13,9 @@ from typing import Mapping
 
 import jax
 
+from kdknob_jax.errors import RunStateError
+from kdknob_jax.runs.checkpoints import write_atomic
+
 # Dense bf16 peak FLOP/s per device, from the vendors' data sheets. Unknown devices report no
 # MFU rather than a guess; `peak_flops` can be set in the config instead.
 PEAK_FLOPS = {
@@ -74,7 +77,7 @@ class Writer:
     self._jsonl.close()
     path = self.logdir / "metrics.jsonl"
     kept = [r for r in read_jsonl(path) if r["step"] <= step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
     self._jsonl = path.open("a", encoding="utf-8")
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -99,8 +102,24 @@ class Writer:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-  """The rows of a `metrics.jsonl` (for tests, plots and resume checks)."""
+  """The rows of a `metrics.jsonl` (for tests, plots and resume checks). A last line cut short
+  (the process was killed while writing it) is dropped; a bad line elsewhere is an error.
+
+  Raises:
+    RunStateError: a line other than the last is not JSON.
+  """
   path = Path(path)
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+           if line.strip()]
+  rows = []
+  for i, line in enumerate(lines):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if i == len(lines) - 1:
+        break
+      raise RunStateError(f"{path} line {i + 1} is not JSON ({e}). Delete that line (the "
+                          "metrics of one step), or the file, to go on.") from e
+  return rows

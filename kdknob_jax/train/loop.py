@@ -1,6 +1,8 @@
-"""The one run loop every trainer shares: resume from the workdir's latest checkpoint, then per
-step the trainer's own work, evaluation, metrics and checkpoints on their cadences, a progress
-bar, and `stop_after` for tests of resuming.
+"""The one run loop every trainer shares: one writer per workdir, resume from the workdir's
+latest checkpoint, then per step the trainer's own work, a guard against non-finite values,
+evaluation, metrics and checkpoints on their cadences, a progress bar, preemption (SIGTERM or
+SIGINT: the step in flight finishes, its checkpoint is written, the run stops with
+`PreemptedError`), and `stop_after` for tests of resuming.
 
 A trainer is what `Trainer` describes: the loop calls `step(state, step, key)` once per step
 (the key is `fold_in(root, step)`, so a resumed run draws what an uninterrupted one does),
@@ -11,16 +13,26 @@ are reloaded from their source.
 
 from __future__ import annotations
 
+import contextlib
+import math
+import signal
+import threading
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Iterator, Mapping, Protocol
 
 import jax
+import numpy as np
 from tqdm.auto import tqdm
 
+from kdknob_jax.errors import NonFiniteError, PreemptedError
 from kdknob_jax.runs import metrics as metrics_lib
 from kdknob_jax.runs.checkpoints import RunCheckpoints
+from kdknob_jax.runs.lock import WorkdirLock
 from kdknob_jax.train.settings import LoopSettings
 from kdknob_jax.train.state import replicate
+
+# Metrics whose non-finite value means the update (or the rewards behind it) is broken.
+GUARDED = ("train/loss", "train/grad_norm", "reward/")
 
 
 class Trainer(Protocol):
@@ -40,6 +52,63 @@ class Trainer(Protocol):
 
   def postfix(self, metrics: Mapping[str, float]) -> dict[str, str]:
     """The progress bar's headline numbers."""
+
+
+@contextlib.contextmanager
+def open_workdir(workdir: Path, identity: Mapping[str, Any], keep: int
+                 ) -> Iterator[RunCheckpoints]:
+  """The workdir's checkpoints, with its lock held until the block ends.
+
+  Opened before any model loads: a workdir of another run, or one another process is writing,
+  is refused at once. A workdir that holds a checkpoint says so on the first line.
+
+  Raises:
+    RunStateError: the workdir is in use, of another run, not a directory, or not writable.
+  """
+  with WorkdirLock(workdir, enabled=jax.process_index() == 0):
+    ckpt = RunCheckpoints(workdir, identity, keep=keep)
+    latest = ckpt.latest_step()
+    if latest is not None and jax.process_index() == 0:
+      print(f"resuming {workdir} from its step-{latest} checkpoint", flush=True)
+    yield ckpt
+
+
+def nonfinite(metrics: Mapping[str, float]) -> list[str]:
+  """The guarded metrics (`GUARDED`) whose value is NaN or infinite."""
+  return sorted(k for k, v in metrics.items()
+                if k.startswith(GUARDED) and v is not None and not math.isfinite(v))
+
+
+class _StopRequest:
+  """Records SIGTERM/SIGINT instead of dying mid-step (main thread only; elsewhere a no-op)."""
+
+  def __init__(self):
+    self.signal = None
+    self._old = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signal is not None:  # a second signal: the user insists, stop now
+      raise KeyboardInterrupt
+    self.signal = signal.Signals(signum).name
+
+  def requested(self) -> bool:
+    """Whether any process was signalled: every process of a multi-process run agrees."""
+    flag = self.signal is not None
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      flag = bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+    return flag
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
 
 
 def resume(ckpt: RunCheckpoints, writer: metrics_lib.Writer, state, trainer: Trainer, seed: int,
@@ -83,27 +152,55 @@ def run(trainer: Trainer, state, ckpt: RunCheckpoints, settings: LoopSettings, w
   bar = tqdm(total=settings.steps, initial=start, desc=trainer.name, unit="step",
              disable=not progress or jax.process_index() != 0)
   last, done_here = {}, 0
-  for step in range(start, settings.steps):
-    state, m, aux = trainer.step(state, step, jax.random.fold_in(root, step))
-    done = step + 1
-    final = done == settings.steps
-    if (settings.eval_every and done % settings.eval_every == 0) or final:
-      m.update(trainer.evaluate(state, aux))
-    if done % settings.log_every == 0 or final:
-      writer.write_scalars(done, m)
-    if done % settings.checkpoint_every == 0 or final:
-      ckpt.save(done, dict(trainer.saved(state), rng=root),
-                {"step": done, "data_position": done * settings.rows_per_step,
-                 "seed": settings.seed})
-    bar.update(1)
-    bar.set_postfix(trainer.postfix(m))
-    last = dict(step=done, metrics=m)
-    done_here += 1
-    if stop_after is not None and done_here >= stop_after:
-      break
-  bar.close()
-  ckpt.close()
-  writer.close()
+
+  def save(done):
+    ckpt.save(done, dict(trainer.saved(state), rng=root),
+              {"step": done, "data_position": done * settings.rows_per_step,
+               "seed": settings.seed})
+
+  try:
+    with _StopRequest() as stop:
+      for step in range(start, settings.steps):
+        state, m, aux = trainer.step(state, step, jax.random.fold_in(root, step))
+        done = step + 1
+        bad = nonfinite(m)
+        if bad and settings.on_nonfinite != "skip":
+          # The step's update was not applied (the jitted steps keep the old state when the
+          # loss or gradient is not finite) and nothing of it is written: the last checkpoint
+          # stays the newest, and resuming repeats from there.
+          raise NonFiniteError(
+              f"Step {done} produced non-finite {', '.join(f'{k} = {m[k]}' for k in bad)}. "
+              f"Nothing of it was saved; the last checkpoint ({ckpt.latest_step()}) is intact. "
+              "Lower the learning rate, check the data and models, or set "
+              "config.on_nonfinite='skip' to skip such batches.")
+        m["train/skipped"] = float(bool(bad))
+        final = done == settings.steps
+        if (settings.eval_every and done % settings.eval_every == 0) or final:
+          m.update(trainer.evaluate(state, aux))
+        if done % settings.log_every == 0 or final:
+          writer.write_scalars(done, m)
+        saved_now = done % settings.checkpoint_every == 0 or final
+        if saved_now:
+          save(done)
+        bar.update(1)
+        bar.set_postfix(trainer.postfix(m))
+        last = dict(step=done, metrics=m)
+        done_here += 1
+        if stop.requested() and not final:
+          if not saved_now:
+            if done % settings.log_every:
+              writer.write_scalars(done, m)  # the resumed run starts after this row
+            save(done)
+          raise PreemptedError(
+              f"Stopped on {stop.signal or 'another process'}'s request after step {done} "
+              f"of {settings.steps}; its checkpoint is in {workdir}. Run the same command "
+              "again to resume.")
+        if stop_after is not None and done_here >= stop_after:
+          break
+  finally:
+    bar.close()
+    ckpt.close()
+    writer.close()
   if not last:  # the workdir's run had already reached its last step: report where it ended
     rows = metrics_lib.read_jsonl(Path(workdir) / "metrics.jsonl")
     if rows:

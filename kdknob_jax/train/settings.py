@@ -88,6 +88,8 @@ class LoopSettings:
     log_every: write metrics every this many steps and at the end.
     seed: the root of every key and of the data order.
     rows_per_step: train rows a step reads (recorded as the checkpoint's data position).
+    on_nonfinite: "stop" (raise `NonFiniteError`, saving nothing of the step) or "skip" (the
+      step's update is dropped, counted in the `train/skipped` metric, and the run goes on).
   """
   steps: int
   eval_every: int
@@ -96,6 +98,7 @@ class LoopSettings:
   log_every: int
   seed: int
   rows_per_step: int
+  on_nonfinite: str = "stop"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +111,7 @@ class RunSettings:
       `LoopSettings`).
     chunk: LM-head rows per chunk in the step (0: automatic).
     mesh: mesh axis sizes; rules: logical-axis rules overriding the defaults.
+    on_nonfinite: what a NaN/Inf loss, gradient norm or reward does (see `LoopSettings`).
   """
   train: DataSettings = DataSettings()
   eval: EvalDataSettings = EvalDataSettings()
@@ -120,12 +124,14 @@ class RunSettings:
   chunk: int = 0
   mesh: dict = dataclasses.field(default_factory=lambda: dict(data=1, fsdp=-1, tensor=1))
   rules: tuple = ()
+  on_nonfinite: str = "stop"
 
   def loop(self) -> LoopSettings:
     """What the run loop reads of this config (a subclass defines `prompts_per_step`)."""
     return LoopSettings(self.steps, self.eval_every, self.checkpoint_every,
                         self.keep_checkpoints, self.log_every, self.seed,
-                        self.prompts_per_step)  # pytype: disable=attribute-error
+                        self.prompts_per_step,  # pytype: disable=attribute-error
+                        self.on_nonfinite)
 
 
 def check_common(c, full_finetune: bool = False) -> None:
@@ -140,6 +146,8 @@ def check_common(c, full_finetune: bool = False) -> None:
   need(c.max_new_tokens >= 1, "config.max_new_tokens must be >= 1.")
   need(c.steps >= 1, "config.steps must be >= 1.")
   need(c.checkpoint_every >= 1, "config.checkpoint_every must be >= 1.")
+  need(c.on_nonfinite in ("stop", "skip"), f"config.on_nonfinite must be 'stop' or 'skip', got "
+       f"{c.on_nonfinite!r}.")
   if c.lora.rank:
     targets = targets_from_names(c.lora.targets)
     unknown = sorted(set(targets) - set(INPUT_DIMS))
@@ -153,3 +161,13 @@ def check_common(c, full_finetune: bool = False) -> None:
   for name in ("train", "eval"):
     d = getattr(c, name)
     need(bool(d.task) and bool(d.source), f"config.{name} needs task and source.")
+
+
+def check_positions(cfg, prompt_tokens: int, max_new_tokens: int, who: str) -> None:
+  """Raises ConfigError when the longest train prompt plus `max_new_tokens` exceeds the
+  model's positions (found at set-up, before the first step samples)."""
+  need(prompt_tokens + max_new_tokens <= cfg.max_position_embeddings,
+       f"The longest train prompt has {prompt_tokens} tokens under the {who}'s tokenizer; with "
+       f"config.max_new_tokens = {max_new_tokens} that exceeds the {who}'s "
+       f"{cfg.max_position_embeddings} positions. Lower max_new_tokens, or drop the longest "
+       "prompts from the train data.")

@@ -29,6 +29,14 @@ def shardings_of(tree):
   return jax.tree_util.tree_map(lambda x: x.sharding, tree)
 
 
+def keep_if_finite(new, old, *checks: jax.Array):
+  """`new` when every scalar of `checks` is finite, else `old` (inside a jitted step: a NaN
+  loss or gradient leaves the trained state as it was, so no checkpoint can hold it)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  ok = jnp.all(jnp.stack([jnp.isfinite(c) for c in checks]))
+  return jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+
 def settle(x):
   """Waits for x. One sharded program at a time: on XLA:CPU, two programs in flight whose
   collectives span the same simulated devices can starve each other's threads on a few cores
