@@ -117,6 +117,9 @@ def resume(ckpt: RunCheckpoints, writer: metrics_lib.Writer, state, trainer: Tra
   past it dropped), or the initial state and a fresh key (hparams written)."""
   root = replicate(jax.random.PRNGKey(seed), mesh)
   if ckpt.latest_step() is None:
+    # Rows of an earlier start killed before its first checkpoint was complete (Orbax saves
+    # asynchronously) belong to steps this run repeats.
+    writer.truncate_after(0)
     writer.write_hparams(hparams)
     return state, root, 0
   restored, meta = ckpt.restore(dict(trainer.saved(state), rng=root))
