@@ -15,10 +15,14 @@ TOLERANCES = {
     "float32": {"mean_kl": 1e-4, "greedy_agreement_min": 1.0},
     "bfloat16": {},
 }
-# bfloat16: our mean KL from the float32 model may exceed torch's bf16 by this factor at most,
-# and our worst per-token KL from it stays below the bound on every CPU.
+# bfloat16: our mean KL from the float32 model may exceed torch's bf16 by this factor at most
+# (both measured in the same run), and ours stays under absolute bounds. Measured with the
+# default prompts on an AVX-512 Xeon: SmolLM2 mean 1.7e-3, max 4.7e-2 (torch 2.5e-3, 6.0e-2);
+# Gemma-3-270M mean 2.9e-4, max 3.0e-3 (torch 7.6e-4, 6.1e-3). The bounds are about 2-3x the
+# worst of those: a port that rounds once per op instead of once per MLP lands well above.
 BF16_VS_TORCH = 1.25
-BF16_MAX_KL = 0.03
+BF16_MEAN_KL = 5e-3
+BF16_MAX_KL = 0.1
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -73,13 +77,15 @@ def check(figures: dict[str, float], dtype: str) -> list[str]:
 
 def check_bf16(ours_vs_f32: dict[str, float], torch_vs_f32: dict[str, float]) -> list[str]:
   """Names what is out of tolerance for a bfloat16 port: ours must be about as close to the
-  float32 model as torch's bfloat16 is (mean KL within `BF16_VS_TORCH` of torch's), and no
-  position's KL from float32 may exceed `BF16_MAX_KL`."""
+  float32 model as torch's bfloat16 is (mean KL within `BF16_VS_TORCH` of torch's), within
+  `BF16_MEAN_KL` of it on average, and no position's KL from it may exceed `BF16_MAX_KL`."""
   bad = []
   limit = BF16_VS_TORCH * torch_vs_f32["mean_kl"]
   if ours_vs_f32["mean_kl"] > limit:
     bad.append(f"mean KL(f32||ours bf16)={ours_vs_f32['mean_kl']:.4g} > {BF16_VS_TORCH} x "
                f"torch bf16's {torch_vs_f32['mean_kl']:.4g}")
+  if ours_vs_f32["mean_kl"] > BF16_MEAN_KL:
+    bad.append(f"mean KL(f32||ours bf16)={ours_vs_f32['mean_kl']:.4g} > {BF16_MEAN_KL}")
   if ours_vs_f32["max_kl"] > BF16_MAX_KL:
     bad.append(f"max KL(f32||ours bf16)={ours_vs_f32['max_kl']:.4g} > {BF16_MAX_KL}")
   return bad
