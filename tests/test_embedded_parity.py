@@ -27,10 +27,17 @@ def embedded(request):
   return name, load_torch_model(resolve(name), "float32")
 
 
+@pytest.fixture(scope="module")
+def ours32(embedded):
+  """Our float32 port of the same model, loaded once for both dtypes' comparisons."""
+  return load_model(embedded[0], dtype="float32")
+
+
 @pytest.mark.slow
-def test_float32_parity_and_greedy_agreement(embedded):
+def test_float32_parity_and_greedy_agreement(embedded, ours32):
   name, ref = embedded
-  result = compare(name, "float32", PROMPTS, new_tokens=32, torch_model=ref)
+  result = compare(name, "float32", PROMPTS, new_tokens=32, torch_model=ref,
+                   float32_model=ours32)
   o = result["overall"]
   assert o["mean_kl"] <= 1e-4, o
   assert o["greedy_agreement"] == 1.0, [p["our_tokens"] for p in result["per_prompt"]]
@@ -38,10 +45,11 @@ def test_float32_parity_and_greedy_agreement(embedded):
 
 
 @pytest.mark.slow
-def test_bfloat16_parity(embedded):
+def test_bfloat16_parity(embedded, ours32):
   name, ref = embedded
   ref16 = copy.deepcopy(ref).to(torch.bfloat16)
-  result = compare(name, "bfloat16", PROMPTS, new_tokens=8, torch_model=ref16)
+  result = compare(name, "bfloat16", PROMPTS, new_tokens=8, torch_model=ref16,
+                   float32_model=ours32)
   ours, theirs = result["vs_float32"]["ours_bf16"], result["vs_float32"]["torch_bf16"]
   # Gated on the distance from float32; torch-vs-ours in bf16 depends on torch's CPU kernels.
   assert ours["mean_kl"] <= BF16_VS_TORCH * theirs["mean_kl"], result["vs_float32"]
@@ -50,11 +58,11 @@ def test_bfloat16_parity(embedded):
 
 
 @pytest.mark.slow
-def test_batched_greedy_decoder_equals_hf_generate(embedded):
+def test_batched_greedy_decoder_equals_hf_generate(embedded, ours32):
   """All default prompts in one padded batch against HF `generate` run one prompt at a time."""
   name, ref = embedded
   tok = load_tokenizer(name)
-  m = load_model(name)
+  m = ours32
   prompts = [tok.encode_prompt(p) for p in DEFAULT_PROMPTS]
   gen = Sampler.for_tokenizer(m.config, tok)(m.params, prompts, max_new_tokens=32,
                                              sampling=GREEDY)
@@ -70,7 +78,7 @@ def test_batched_greedy_decoder_equals_hf_generate(embedded):
 
 
 @pytest.mark.slow
-def test_text_logprobs_equal_torch_scoring_with_hf_tokenizer(embedded):
+def test_text_logprobs_equal_torch_scoring_with_hf_tokenizer(embedded, ours32):
   """The calibration reward's scoring: each model tokenizes the text itself. Our ids equal HF's
   tokenizer (built from the same GGUF) and our summed log-probs equal the torch model's."""
   from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
@@ -80,7 +88,7 @@ def test_text_logprobs_equal_torch_scoring_with_hf_tokenizer(embedded):
   name, ref = embedded
   source = resolve(name)
   hf_tok = AutoTokenizer.from_pretrained(str(source.path.parent), gguf_file=source.path.name)
-  tok, m = load_tokenizer(name), load_model(name)
+  tok, m = load_tokenizer(name), ours32
   prompts = ["What is 12 * 7?", "Name a primary color.", "What is 12 * 7?"]
   completions = [" 12 * 7 = 84.\n#### 84", "Blue, like the sky.", "It is eighty-four"]
   stopped = [True, False, True]
