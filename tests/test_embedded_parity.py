@@ -48,7 +48,7 @@ def test_float32_parity_and_greedy_agreement(embedded, ours32):
 def test_bfloat16_parity(embedded, ours32):
   name, ref = embedded
   ref16 = copy.deepcopy(ref).to(torch.bfloat16)
-  result = compare(name, "bfloat16", PROMPTS, new_tokens=8, torch_model=ref16,
+  result = compare(name, "bfloat16", PROMPTS[:2], new_tokens=4, torch_model=ref16,
                    float32_model=ours32)
   ours, theirs = result["vs_float32"]["ours_bf16"], result["vs_float32"]["torch_bf16"]
   # Gated on the distance from float32; torch-vs-ours in bf16 depends on torch's CPU kernels.
