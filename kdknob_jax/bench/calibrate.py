@@ -55,7 +55,8 @@ def bench_records(count: int, directory: Path) -> tuple[Path, str]:
 def run_ours(data: Path, args) -> dict:
   """Step seconds of our calibration step (sampling, scoring, target, update) after warm-up."""
   from kdknob_jax.calibration import trainer as calibration  # pylint: disable=g-import-not-at-top
-  from kdknob_jax.calibration.config import base_config, shrink  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.calibration.config import base_config, build, shrink  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.calibration.rollouts import rollout  # pylint: disable=g-import-not-at-top
   c = shrink(base_config(), "laptop")
   c.train.update(source=str(data), offset=0, limit=0)
   c.eval.update(source=str(data), offset=0, limit=1)
@@ -64,14 +65,14 @@ def run_ours(data: Path, args) -> dict:
   c.beta, c.lam, c.stop_at_eos = args.beta, (0.0 if args.no_target else -1.0), False
   c.optimizer.update(lr=2e-5, warmup_steps=0)
   t0 = time.perf_counter()
-  s = calibration.setup(c)
-  state = calibration.initial_state(s)
+  s = calibration.Calibration(build(c))
+  state = s.initial_state()
   load_s = time.perf_counter() - t0
   root = jax.random.PRNGKey(0)
   seconds, tokens = [], []
   for step in range(args.steps):
     t0 = time.perf_counter()
-    batch, info = calibration.rollout_step(s, state, step, jax.random.fold_in(root, step))
+    batch, info = rollout(s, state, step, jax.random.fold_in(root, step))
     state, m = s.train_step(state, batch, root)
     jax.block_until_ready(m)
     seconds.append(time.perf_counter() - t0)
