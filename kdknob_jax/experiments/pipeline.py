@@ -21,7 +21,6 @@ from pathlib import Path
 from kdknob_jax import distributed
 from kdknob_jax import settings as settings_lib
 from kdknob_jax.calibration import trainer as calibration
-from kdknob_jax.data import get_task, load_records
 from kdknob_jax.distillation import trainer as distill
 from kdknob_jax.experiments import table as table_lib
 from kdknob_jax.experiments.pipeline_config import (CALIBRATED, PipelineConfig, calibration as
@@ -61,9 +60,7 @@ def evaluate_model(c: PipelineConfig, spec: str, out: Path, label: str, progress
     if saved.get("config", {}).get("pipeline") == settings:
       return saved["metrics"]
   e = c.evaluation
-  task = get_task(e.task)
-  records = load_records(e.source, e.split or None, e.limit or None, e.offset)
-  task.check_records(records, e.offset)
+  task, records = e.load()
   model, tok = resolve.load_trained(spec, c.dtype)
   ks = tuple(int(k) for k in str(e.ks).split(","))
   result = evaluate(model.params, model.config, tok, task, records, n=e.n, ks=ks,

@@ -13,18 +13,16 @@ from kdknob_jax.calibration.config import CalibConfig
 from kdknob_jax.distillation import config as distill_config
 from kdknob_jax.distillation.config import DistillConfig
 from kdknob_jax.errors import ConfigError
+from kdknob_jax.train.settings import DataSettings
 
 CALIBRATED = {"distillable": 1.0, "undistillable": -1.0}
 
 
 @dataclasses.dataclass(frozen=True)
-class EvaluationSettings:
-  """How every model of the table is evaluated (see `kdknob_jax.evals.evaluate`)."""
-  task: str = "gsm8k"
+class EvaluationSettings(DataSettings):
+  """How every model of the table is evaluated (see `kdknob_jax.evals.evaluate`): the data
+  split, then the sampling."""
   source: str = "gsm8k/test.jsonl"
-  split: str = ""
-  offset: int = 0
-  limit: int = 0
   n: int = 16
   ks: str = "1,16"
   max_new_tokens: int = 0   # 0: the distillation's

@@ -23,9 +23,11 @@ from kdknob_jax.hf import LoadedModel, load_model, load_tokenizer
 from kdknob_jax.hf.tokenizer import Tokenizer
 from kdknob_jax.models import param_axes
 from kdknob_jax.models.derive import keep_layers, parse_keep
-from kdknob_jax.models.lora import LoraConfig, init_lora, merged_params, targets_from_names
+from kdknob_jax.models.lora import LoraConfig, init_lora, merged_params
 from kdknob_jax.runs.checkpoints import DISTILL_KIND, RunCheckpoints, read_identity
+from kdknob_jax.settings import from_mapping
 from kdknob_jax.train.optimizer import make_optimizer
+from kdknob_jax.train.settings import LoraSettings
 
 
 def is_workdir(spec: str | Path) -> bool:
@@ -45,13 +47,8 @@ def workdir_step(spec: str | Path) -> int | None:
 
 
 def lora_config(identity: dict) -> LoraConfig | None:
-  """The adapter settings recorded in a run's identity (None: rank 0, full fine-tuning; alpha
-  0 means alpha = rank)."""
-  lo = identity["lora"]
-  if not lo["rank"]:
-    return None
-  return LoraConfig(int(lo["rank"]), float(lo["alpha"] or lo["rank"]),
-                    targets_from_names(lo["targets"]))
+  """The adapter settings recorded in a run's identity (None: rank 0, full fine-tuning)."""
+  return from_mapping(LoraSettings, identity["lora"], "run.json lora").config()
 
 
 def saved_abstract(trainable: dict, optimizer_settings: dict, key: str) -> dict:
