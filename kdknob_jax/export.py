@@ -38,7 +38,7 @@ def export(workdir: str | Path, out: str | Path, step: int | None = None,
     RunStateError: no run or no checkpoint in the workdir.
   """
   identity = read_identity(workdir)
-  model, _ = load_trained(workdir, identity["dtype"], step=step)
+  model, _ = load_trained(workdir, identity["dtype"], step=step, merge=True)
   return save_pretrained(model.params, model.config, model.hf_config, model.source, out,
                          dtype=dtype or identity["dtype"])
 

@@ -18,7 +18,7 @@ from kdknob_jax.calibration import step as step_lib
 from kdknob_jax.calibration.objective import advantage_sensitivity, combine_advantages
 from kdknob_jax.calibration.rewards import text_logprobs
 from kdknob_jax.hf.tokenizer import Tokenizer, completion_ids
-from kdknob_jax.models.lora import merged_params
+from kdknob_jax.models.lora import adapted
 from kdknob_jax.train import batch as batch_lib
 from kdknob_jax.train.state import settle, to_host
 
@@ -60,8 +60,7 @@ def rollout(t, state: step_lib.CalibState, step: int, key: jax.Array):
   recs = [records[int(i)] for i in idx]
   prompts = [task.prompt(r) for r in recs]
   ids = [t.teacher_tok.encode_prompt(p, chat=c.chat) for p in prompts]
-  params = settle(merged_params(state.base, state.lora, lcfg=t.lcfg, mesh=t.mesh,
-                                rules=t.rules))
+  params = adapted(state.base, state.lora, t.lcfg)
   gen = t.rollout_sampler(params, ids, n=c.group_size, max_new_tokens=c.max_new_tokens,
                           sampling=t.sampling, key=key, prompt_ids=idx)
   del params

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import optax
 
 from kdknob_jax.calibration.objective import policy_loss
-from kdknob_jax.models import ModelConfig
-from kdknob_jax.models.lora import LoraConfig, merge
+from kdknob_jax.models import ExecConfig, ModelConfig
+from kdknob_jax.models.lora import LoraConfig, adapted
 from kdknob_jax.models.scoring import completion_logp
 from kdknob_jax.sharding import mesh_context
 from kdknob_jax.train.state import keep_if_finite
@@ -54,6 +54,8 @@ class StepConfig:
     on_policy: one update per rollout batch (μ = 1): the sampling policy is the policy being
       trained, so the old log-probs are the current ones with the gradient stopped (ratio
       exactly 1, as TRL does) and no separate forward pass computes them.
+    execution: the decoder's rematerialization and attention form in the train step (the
+      scoring programs take no gradient and ignore `remat`).
   """
   beta: float = 0.04
   epsilon: float = 0.2
@@ -61,6 +63,12 @@ class StepConfig:
   aggregation: str = "sequence_mean"
   chunk: int = 0
   on_policy: bool = False
+  execution: ExecConfig = ExecConfig()
+
+  @property
+  def scoring(self) -> ExecConfig:
+    """The forward-only programs' execution: no rematerialization (nothing is saved)."""
+    return dataclasses.replace(self.execution, remat="none")
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "lcfg", "scfg", "mesh", "rules"))
@@ -73,8 +81,10 @@ def score_rollouts(state: CalibState, batch: dict[str, Array], *, cfg: ModelConf
   with mesh_context(mesh, rules):
     zeros = jnp.zeros(batch["completions"].shape, jnp.float32)
     old = (zeros if scfg.on_policy else
-           completion_logp(merge(state.base, state.lora, lcfg), cfg, batch, scfg.chunk))
-    ref = completion_logp(state.base, cfg, batch, scfg.chunk) if scfg.beta else zeros
+           completion_logp(adapted(state.base, state.lora, lcfg), cfg, batch, scfg.chunk,
+                           scfg.scoring))
+    ref = (completion_logp(state.base, cfg, batch, scfg.chunk, scfg.scoring) if scfg.beta
+           else zeros)
   return old, ref
 
 
@@ -84,7 +94,8 @@ def _train_step(state: CalibState, batch: dict[str, Array], rng: Array, *, cfg: 
   del rng  # the clipped surrogate is deterministic given the batch
   with mesh_context(mesh, rules):
     def loss_fn(lora):
-      logp = completion_logp(merge(state.base, lora, lcfg), cfg, batch, scfg.chunk)
+      logp = completion_logp(adapted(state.base, lora, lcfg), cfg, batch, scfg.chunk,
+                             scfg.execution)
       old = jax.lax.stop_gradient(logp) if scfg.on_policy else batch["old_logp"]
       return policy_loss(logp, old, batch["advantages"], batch["mask"],
                          ref_logp=batch["ref_logp"], beta=scfg.beta, epsilon=scfg.epsilon,

@@ -28,7 +28,7 @@ from kdknob_jax.decode.engine import batch_divisor
 from kdknob_jax.diagnostics.traps import score_sequences
 from kdknob_jax.hf import load_config, load_model, load_tokenizer
 from kdknob_jax.models import param_axes
-from kdknob_jax.models.lora import init_lora, lora_axes, merged_params
+from kdknob_jax.models.lora import adapted, init_lora, lora_axes
 from kdknob_jax.runs.metrics import device_peak_flops
 from kdknob_jax.train import loop
 from kdknob_jax.train.settings import check_positions
@@ -55,7 +55,8 @@ class Calibration:
                        and self.teacher_tok.encode(_PROBE) == self.target_tok.encode(_PROBE))
     self.lcfg = c.lora.config()
     self.scfg = step_lib.StepConfig(float(c.beta), float(c.epsilon), float(c.epsilon_high),
-                                    c.aggregation, int(c.chunk), on_policy=c.on_policy)
+                                    c.aggregation, int(c.chunk), on_policy=c.on_policy,
+                                    execution=c.execution())
     self.optimizer = c.optimizer.make()
     self.teacher = load_model(c.teacher, dtype=c.dtype, mesh=self.mesh, rules=self.rules)
     self.target = load_model(c.target, dtype=c.dtype, mesh=self.mesh, rules=self.rules)
@@ -120,8 +121,7 @@ class Calibration:
     tokenizer, the token-level KL(target‖teacher) per token on the step's rollouts."""
     c = self.config
     task, records = self.eval
-    params = settle(merged_params(state.base, state.lora, lcfg=self.lcfg, mesh=self.mesh,
-                                  rules=self.rules))
+    params = adapted(state.base, state.lora, self.lcfg)
     ids = [self.teacher_tok.encode_prompt(task.prompt(r), chat=c.chat) for r in records]
     gen = self.eval_sampler(params, ids, n=1,
                             max_new_tokens=c.eval.max_new_tokens or c.max_new_tokens,

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kdknob_jax.models import ModelConfig, head_of
-from kdknob_jax.models.lora import LoraConfig, merge
+from kdknob_jax.models import ExecConfig, ModelConfig, head_of
+from kdknob_jax.models.lora import LoraConfig, adapted
 from kdknob_jax.models.scoring import completion_logp, predictor_hidden
 from kdknob_jax.ops.fused_kl import fused_divergence
 from kdknob_jax.sharding import mesh_context
@@ -55,16 +55,19 @@ class LossConfig:
     beta: the JSD mixture weight (0 forward KL, 1 reverse KL).
     temperature: divides both models' logits in the JSD.
     chunk: tokens per chunk of the fused kernel / head rows per chunk of the CE (0: automatic).
+    execution: the student's rematerialization and attention form (the teacher, under no
+      gradient, runs without rematerialization).
   """
   loss: str = "jsd"
   beta: float = 0.0
   temperature: float = 1.0
   chunk: int = 0
+  execution: ExecConfig = ExecConfig()
 
 
 def student_params(state: DistillState, lcfg: LoraConfig | None) -> dict:
-  """The student's weights: its params, or the frozen base with the adapters merged."""
-  return state.params if lcfg is None else merge(state.base, state.params, lcfg)
+  """The student's weights: its params, or the frozen base with the adapters applied."""
+  return state.params if lcfg is None else adapted(state.base, state.params, lcfg)
 
 
 def distill_loss(student: dict, teacher: dict, batch: dict[str, Array], *, s_cfg: ModelConfig,
@@ -73,12 +76,13 @@ def distill_loss(student: dict, teacher: dict, batch: dict[str, Array], *, s_cfg
   mask = batch["mask"].astype(jnp.float32)
   tokens = jnp.maximum(jnp.sum(mask), 1.0)
   if lossc.loss == "ce":
-    lp = completion_logp(student, s_cfg, batch, lossc.chunk)
+    lp = completion_logp(student, s_cfg, batch, lossc.chunk, lossc.execution)
     return -jnp.sum(lp * mask) / tokens
   args = (batch["prompts"], batch["prompt_pos"], batch["owner"], batch["completions"],
           batch["completion_pos"])
-  hs = predictor_hidden(student, s_cfg, *args)
-  ht = jax.lax.stop_gradient(predictor_hidden(teacher, t_cfg, *args))
+  hs = predictor_hidden(student, s_cfg, *args, lossc.execution)
+  scoring = dataclasses.replace(lossc.execution, remat="none")
+  ht = jax.lax.stop_gradient(predictor_hidden(teacher, t_cfg, *args, scoring))
   ws, s_spec = head_of(student, s_cfg)
   wt, t_spec = head_of(teacher, t_cfg)
   return fused_divergence(hs, ws, ht, wt, mask / tokens, kind="jsd", coef=lossc.beta,
@@ -92,7 +96,7 @@ def _train_step(state: DistillState, batch: dict[str, Array], *, s_cfg: ModelCon
                 ) -> tuple[DistillState, dict[str, Array]]:
   with mesh_context(mesh, rules):
     def loss_fn(trainable):
-      student = trainable if lcfg is None else merge(state.base, trainable, lcfg)
+      student = trainable if lcfg is None else adapted(state.base, trainable, lcfg)
       return distill_loss(student, state.teacher, batch, s_cfg=s_cfg, t_cfg=t_cfg, lossc=lossc)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)

@@ -28,7 +28,7 @@ from kdknob_jax.distillation.step import DistillState, LossConfig, make_train_st
 from kdknob_jax.errors import ConfigError
 from kdknob_jax.hf import load_tokenizer
 from kdknob_jax.models import param_axes
-from kdknob_jax.models.lora import init_lora, lora_axes, merged_params
+from kdknob_jax.models.lora import adapted, init_lora, lora_axes
 from kdknob_jax.runs import resolve
 from kdknob_jax.train import batch as batch_lib
 from kdknob_jax.train import loop
@@ -88,7 +88,7 @@ class Distillation:
     self.row_multiple = batch_divisor(self.mesh, self.rules)
     self.lcfg = c.lora.config()
     self.lossc = LossConfig("ce" if c.method == "sft" else "jsd", beta, float(c.temperature),
-                            int(c.chunk))
+                            int(c.chunk), c.execution())
     self.optimizer = c.optimizer.make()
     self.sampling = SamplingConfig(c.temperature, c.top_k, c.top_p)
     self.batch_sampler = Sampler.for_tokenizer(self.student.config, student_tok, mesh=self.mesh,
@@ -147,8 +147,7 @@ class Distillation:
   def _weights(self, state: DistillState) -> dict:
     if self.lcfg is None:
       return state.params
-    return settle(merged_params(state.base, state.params, lcfg=self.lcfg, mesh=self.mesh,
-                                rules=self.rules))
+    return adapted(state.base, state.params, self.lcfg)
 
   def _batch(self, state: DistillState, step: int, key: jax.Array) -> tuple[dict, dict]:
     """The device batch of `step` and host info (on-policy flag, lengths)."""

@@ -3,8 +3,8 @@
 from kdknob_jax.models.api import (abstract_params, forward, head_of, init_params,
                                    logits_from_hidden, param_axes, param_count)
 from kdknob_jax.models.cache import CACHE_AXES, init_cache
-from kdknob_jax.models.config import ModelConfig
+from kdknob_jax.models.config import ExecConfig, ModelConfig
 from kdknob_jax.ops.rope import RopeConfig
 
-__all__ = ["ModelConfig", "RopeConfig", "abstract_params", "forward", "head_of", "init_cache", "init_params",
+__all__ = ["ExecConfig", "ModelConfig", "RopeConfig", "abstract_params", "forward", "head_of", "init_cache", "init_params",
            "logits_from_hidden", "param_axes", "param_count", "CACHE_AXES"]

@@ -9,15 +9,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdknob_jax.models.config import ModelConfig
-from kdknob_jax.models.transformer import Decoder, head_spec, output_logits
+from kdknob_jax.models.config import ExecConfig, ModelConfig
+from kdknob_jax.models.lora import ADAPTER_KEY, Adapter
+from kdknob_jax.models.transformer import LORA, Decoder, head_spec, output_logits
 from kdknob_jax.ops.head import HeadSpec
 
 
 @functools.lru_cache(maxsize=None)
-def decoder(cfg: ModelConfig) -> Decoder:
-  """The (stateless) module for a config."""
-  return Decoder(cfg)
+def decoder(cfg: ModelConfig, lora_scale: float = 1.0,
+            execution: ExecConfig = ExecConfig()) -> Decoder:
+  """The (stateless) module for a config, an adapter scale and an execution setting."""
+  return Decoder(cfg, lora_scale, execution)
 
 
 def _dummy_inputs():
@@ -50,12 +52,25 @@ def init_params(cfg: ModelConfig, rng: jax.Array) -> dict:
 
 
 def forward(params: dict, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array | None = None,
-            cache: dict | None = None, return_hidden: bool = False, compute_logits: bool = True):
-  """Runs the decoder. See `Decoder.__call__`; positions default to 0..T-1 for every row."""
+            cache: dict | None = None, return_hidden: bool = False, compute_logits: bool = True,
+            execution: ExecConfig = ExecConfig()):
+  """Runs the decoder. See `Decoder.__call__`; positions default to 0..T-1 for every row.
+
+  `params` may carry LoRA adapters (`kdknob_jax.models.lora.adapted`): they are applied
+  inside each projection, never merged. `execution` picks rematerialization and the attention
+  form (the result is the same).
+  """
   if positions is None:
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-  return decoder(cfg).apply({"params": params}, tokens, positions, cache, return_hidden,
-                            compute_logits)
+  variables = {"params": params}
+  adapter: Adapter | None = params.get(ADAPTER_KEY)
+  scale = 1.0
+  if adapter is not None:
+    variables = {"params": {k: v for k, v in params.items() if k != ADAPTER_KEY},
+                 LORA: {"layers": adapter.layers}}
+    scale = adapter.scale
+  return decoder(cfg, scale, execution).apply(variables, tokens, positions, cache,
+                                              return_hidden, compute_logits)
 
 
 def head_of(params: dict, cfg: ModelConfig) -> tuple[jax.Array, HeadSpec]:

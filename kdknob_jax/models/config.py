@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from kdknob_jax.errors import UnsupportedModelError
+from kdknob_jax.ops.attention import IMPLEMENTATIONS
 from kdknob_jax.ops.rope import RopeConfig
 
 FULL = "full_attention"
@@ -199,3 +200,30 @@ def _parse_rope(c: Mapping[str, Any], family: str) -> tuple[RopeConfig, RopeConf
     return _rope_from_params(params, float(c.get("rope_theta", 10000.0)), "rope_parameters"), None
   scaling = dict(c.get("rope_scaling") or {}, rope_theta=c["rope_theta"])
   return _rope_from_params(scaling, 10000.0, "rope_scaling"), None
+
+
+REMAT_POLICIES = ("nothing", "dots", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecConfig:
+  """How a program runs the decoder: settings that change memory and speed, never the math.
+
+  Attributes:
+    remat: what the scanned layer keeps for the backward pass: "nothing" (only each layer's
+      input; the layer is recomputed), "dots" (the projections' outputs too), or "none" (no
+      rematerialization: everything, the most memory).
+    attention: "auto", "dense", "chunked", "cudnn" or "xla_fused" (`kdknob_jax.ops.attention`).
+    query_chunk: queries per chunk of the chunked attention.
+  """
+  remat: str = "none"
+  attention: str = "auto"
+  query_chunk: int = 128
+
+  def __post_init__(self):
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}.")
+    if self.attention not in IMPLEMENTATIONS:
+      raise ValueError(f"attention must be one of {IMPLEMENTATIONS}, got {self.attention!r}.")
+    if self.query_chunk < 1:
+      raise ValueError(f"query_chunk must be >= 1, got {self.query_chunk}.")

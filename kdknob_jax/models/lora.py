@@ -1,11 +1,14 @@
 """LoRA adapters on the stacked decoder weights, as plain pytrees.
 
 For a target weight W of a layer, with input dims I and output dims O (e.g. q_proj maps
-D → (N, H)), the adapter is A [L, I..., r] and B [L, r, O...]. The effective weight is
-W + (α / r)·A·B. B starts at zero, so the adapted model is exactly the base model until the
-first update. `merge` builds the effective weights inside the jitted step (a transient merged
-copy of each adapted weight, freed after the step); with the adapter left out (`lora=None`)
-the same function is the reference model, which the KL anchor needs.
+D → (N, H)), the adapter is A [L, I..., r] and B [L, r, O...], and the layer computes
+x·W + (α / r)·(x·A)·B. B starts at zero, so the adapted model is exactly the base model until
+the first update.
+
+Training, scoring and sampling apply the adapter inside each projection (`adapted`: a view of
+the base params with the adapters beside them, no copy of any weight); the base params alone
+are the reference model, which the KL anchor needs. `merge` (W + (α/r)·A·B, one rounding to
+W's dtype) is for export and for inference the user asks to merge.
 
 Shapes use `ModelConfig`'s letters: L layers, D hidden, N heads, K kv heads, H head dim,
 F MLP width, r the rank.
@@ -19,6 +22,7 @@ import math
 import string
 from typing import Sequence
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
@@ -60,8 +64,28 @@ class LoraConfig:
     return self.alpha / self.rank
 
 
+# Where `adapted` puts the adapters in a params dict.
+ADAPTER_KEY = "lora"
+
+
+@flax.struct.dataclass
+class Adapter:
+  """Adapters beside a base model's params: `layers` {target: {"a", "b"}} and the static α/r."""
+  layers: dict
+  scale: float = flax.struct.field(pytree_node=False)
+
+
+def adapted(params: dict, lora: dict | None, cfg: LoraConfig) -> dict:
+  """The base params with the adapters beside them (applied, never merged, by `forward`);
+  `lora=None` returns the base params unchanged. No weight is copied."""
+  if lora is None:
+    return params
+  return dict(params, **{ADAPTER_KEY: Adapter(lora["layers"], cfg.scale)})
+
+
 def init_lora(params: dict, cfg: LoraConfig, key: Array, dtype=jnp.float32) -> dict:
-  """Adapters for the targets: A ~ N(0, 1/in_features), B = 0.
+  """Adapters for the targets, initialized as PEFT does: A kaiming-uniform (a = √5, i.e.
+  U(−1/√in_features, 1/√in_features)), B = 0.
 
   Args:
     params: the base model's params (only shapes are read).
@@ -79,7 +103,8 @@ def init_lora(params: dict, cfg: LoraConfig, key: Array, dtype=jnp.float32) -> d
     n_in = INPUT_DIMS[name]
     in_shape, out_shape = w.shape[1:1 + n_in], w.shape[1 + n_in:]
     fan_in = math.prod(in_shape)
-    a = jax.random.normal(k, (w.shape[0], *in_shape, cfg.rank), dtype) * fan_in**-0.5
+    bound = fan_in**-0.5
+    a = jax.random.uniform(k, (w.shape[0], *in_shape, cfg.rank), dtype, -bound, bound)
     out[name] = {"a": a, "b": jnp.zeros((w.shape[0], cfg.rank, *out_shape), dtype)}
   return {"layers": out}
 
@@ -119,8 +144,7 @@ def merge(params: dict, lora: dict | None, cfg: LoraConfig) -> dict:
 
 @functools.partial(jax.jit, static_argnames=("lcfg", "mesh", "rules"))
 def merged_params(base: dict, lora: dict, *, lcfg: LoraConfig, mesh=None, rules=()) -> dict:
-  """`merge` as one jitted program under the mesh: the adapted weights for sampling and
-  export (a transient copy; the train steps merge inside their own program)."""
+  """`merge` as one jitted program under the mesh: merged weights for export."""
   with mesh_context(mesh, rules):
     return merge(base, lora, lcfg)
 

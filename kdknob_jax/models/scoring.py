@@ -17,29 +17,33 @@ import numpy as np
 
 from kdknob_jax.models.api import forward, head_of
 from kdknob_jax.models.cache import init_cache
-from kdknob_jax.models.config import ModelConfig
+from kdknob_jax.models.config import ExecConfig, ModelConfig
 from kdknob_jax.ops.head import HeadSpec, auto_chunk, chunk_rows, head_logits, unchunk_rows
 from kdknob_jax.ops.kl import log_probs
 
 Array = jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
+@functools.partial(jax.jit, static_argnames=("cfg", "execution"))
 def predictor_hidden(params: dict, cfg: ModelConfig, prompts: Array, prompt_pos: Array,
-                      owner: Array, completions: Array, completion_pos: Array) -> Array:
+                      owner: Array, completions: Array, completion_pos: Array,
+                      execution: ExecConfig = ExecConfig()) -> Array:
   """Final hidden states [R, C, D] that predict each completion token.
 
   Each distinct prompt [P] is run once; its cache is then gathered for every completion row
   that continues it (`owner` [R] picks the prompt row), and the completions [R, C] run on top.
   Completion token j is predicted by hidden state j − 1, and token 0 by the prompt's last one.
+  `execution` sets rematerialization and the attention form of both passes.
   """
   cache = init_cache(cfg, prompts.shape[0], prompts.shape[1] + completions.shape[1])
-  _, cache, hp = forward(params, cfg, prompts, prompt_pos, cache, compute_logits=False)
+  _, cache, hp = forward(params, cfg, prompts, prompt_pos, cache, compute_logits=False,
+                         execution=execution)
   last = jnp.maximum(jnp.max(prompt_pos, axis=1), 0)  # the last real prompt position
   h_last = hp[owner, last[owner]]
   cache = {"k": jnp.take(cache["k"], owner, axis=1), "v": jnp.take(cache["v"], owner, axis=1),
            "pos": cache["pos"][owner], "index": cache["index"]}
-  _, _, hc = forward(params, cfg, completions, completion_pos, cache, compute_logits=False)
+  _, _, hc = forward(params, cfg, completions, completion_pos, cache, compute_logits=False,
+                     execution=execution)
   return jnp.concatenate([h_last[:, None], hc[:, :-1]], axis=1)
 
 
@@ -113,15 +117,16 @@ def realized_from_hidden(hidden: Array, weight: Array, tokens: Array, *, spec: H
   return unchunk_rows(out, hidden.shape[0])
 
 
-def completion_logp(params: dict, cfg: ModelConfig, batch: dict[str, Array], chunk: int
-                    ) -> Array:
+def completion_logp(params: dict, cfg: ModelConfig, batch: dict[str, Array], chunk: int,
+                    execution: ExecConfig = ExecConfig()) -> Array:
   """Float32 log-probs [N, T] of every completion token under `params` (0 on padding).
 
   The head runs over chunks of rows under `jax.checkpoint`, so the backward pass holds one
-  chunk's [chunk, V] logits at a time.
+  chunk's [chunk, V] logits at a time; `execution` sets the decoder's rematerialization and
+  attention form.
   """
   hidden = predictor_hidden(params, cfg, batch["prompts"], batch["prompt_pos"], batch["owner"],
-                            batch["completions"], batch["completion_pos"])
+                            batch["completions"], batch["completion_pos"], execution)
   n, t, d = hidden.shape
   weight, spec = head_of(params, cfg)
 

@@ -17,9 +17,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kdknob_jax.models.config import ModelConfig
+from kdknob_jax.models.config import ExecConfig, ModelConfig
+from kdknob_jax.ops.attention import attention, attention_mask
 from kdknob_jax.ops.head import HeadSpec, head_matmul, softcap
-from kdknob_jax.ops.layers import attention, attention_mask, mlp_activation, rms_norm
+from kdknob_jax.ops.layers import mlp_activation, projection, rms_norm
 from kdknob_jax.ops.rope import apply_rope, rope_tables
 
 Array = jax.Array
@@ -27,10 +28,12 @@ Array = jax.Array
 # Longer than any distance, so a global layer's "window" hides nothing.
 _NO_WINDOW = 2**30
 
+# The adapters' collection: {"layers": {target: {"a": A, "b": B}}}, scanned like the params.
+LORA = "lora"
 
-def _proj(eq: str, x: Array, w: Array) -> Array:
-  """A projection with float32 accumulation on every backend, rounded back to x's dtype."""
-  return jnp.einsum(eq, x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+_REMAT = {"nothing": jax.checkpoint_policies.nothing_saveable,
+          # Projections are dots without batch dimensions; attention's dots have (b, k).
+          "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 def _kernel(std: float = 0.02):
@@ -38,8 +41,16 @@ def _kernel(std: float = 0.02):
 
 
 class Block(nn.Module):
-  """One decoder layer; `nn.scan` stacks L of them."""
+  """One decoder layer; `nn.scan` stacks L of them.
+
+  Attributes:
+    config: the model.
+    lora_scale: α / r of the adapters in the "lora" collection (when one is given).
+    execution: the attention form and its query chunk.
+  """
   config: ModelConfig
+  lora_scale: float = 1.0
+  execution: ExecConfig = ExecConfig()
 
   def _param(self, name: str, shape: tuple[int, ...], axes: tuple[str, ...], init=None) -> Array:
     init = init or _kernel()
@@ -52,6 +63,14 @@ class Block(nn.Module):
     init = nn.initializers.zeros if cfg.gemma else nn.initializers.ones
     scale = self._param(name, (size,), (axis_name,), init)
     return rms_norm(x, scale, cfg.rms_norm_eps, cfg.gemma)
+
+  def _proj(self, name: str, eq: str, x: Array, w: Array) -> Array:
+    """x·W with this layer's adapter of `name` applied, if the "lora" collection has one."""
+    adapter = None
+    if self.has_variable(LORA, name):
+      ab = self.get_variable(LORA, name)
+      adapter = (ab["a"], ab["b"])
+    return projection(eq, x, w, adapter, self.lora_scale)
 
   @nn.compact
   def __call__(self, x: Array, layer: dict[str, Any], shared: dict[str, Any]):
@@ -76,9 +95,9 @@ class Block(nn.Module):
     wo = self._param("o_proj", (n, h, d), ("heads", "head_dim", "embed"))
 
     hx = self._norm("input_norm", x, d, "embed")
-    q = _proj("btd,dnh->btnh", hx, wq)
-    k = _proj("btd,dkh->btkh", hx, wk)
-    v = _proj("btd,dkh->btkh", hx, wv)
+    q = self._proj("q_proj", "btd,dnh->btnh", hx, wq)
+    k = self._proj("k_proj", "btd,dkh->btkh", hx, wk)
+    v = self._proj("v_proj", "btd,dkh->btkh", hx, wv)
     if cfg.qk_norm:
       q = self._norm("q_norm", q, h, "head_dim")
       k = self._norm("k_norm", k, h, "head_dim")
@@ -104,18 +123,23 @@ class Block(nn.Module):
       new_cache = {"k": k, "v": v}
       blocks.append((layer["k"], layer["v"], attention_mask(q_pos, shared["k_pos"], window)))
     blocks.append((k, v, attention_mask(q_pos, q_pos, window)))
-    o = attention(q, blocks, cfg.query_scale, cfg.attn_logit_softcap)
-    attn_out = _proj("btnh,nhd->btd", o, wo)
+    ex = self.execution
+    o = attention(q, blocks, cfg.query_scale, cfg.attn_logit_softcap, ex.attention,
+                  ex.query_chunk)
+    attn_out = self._proj("o_proj", "btnh,nhd->btd", o, wo)
     if cfg.gemma:
       attn_out = self._norm("post_attn_norm", attn_out, d, "embed")
     x = nn.with_logical_constraint(x + attn_out, ("batch", "length", "embed"))
 
     hx = self._norm("pre_mlp_norm", x, d, "embed")
-    gate = _proj("btd,df->btf", hx, self._param("gate_proj", (d, f), ("embed", "mlp")))
-    up = _proj("btd,df->btf", hx, self._param("up_proj", (d, f), ("embed", "mlp")))
+    w_gate = self._param("gate_proj", (d, f), ("embed", "mlp"))
+    w_up = self._param("up_proj", (d, f), ("embed", "mlp"))
+    w_down = self._param("down_proj", (f, d), ("mlp", "embed"))
+    gate = self._proj("gate_proj", "btd,df->btf", hx, w_gate)
+    up = self._proj("up_proj", "btd,df->btf", hx, w_up)
     hidden = nn.with_logical_constraint(mlp_activation(gate, cfg.gemma) * up,
                                         ("batch", "length", "mlp"))
-    mlp_out = _proj("btf,fd->btd", hidden, self._param("down_proj", (f, d), ("mlp", "embed")))
+    mlp_out = self._proj("down_proj", "btf,fd->btd", hidden, w_down)
     if cfg.gemma:
       mlp_out = self._norm("post_mlp_norm", mlp_out, d, "embed")
     x = nn.with_logical_constraint(x + mlp_out, ("batch", "length", "embed"))
@@ -141,8 +165,16 @@ def output_logits(x: Array, weight: Array, cfg: ModelConfig) -> Array:
 
 
 class Decoder(nn.Module):
-  """Token ids to float32 logits, with an optional explicit KV cache."""
+  """Token ids to float32 logits, with an optional explicit KV cache.
+
+  Attributes:
+    config: the model.
+    lora_scale: α / r of the adapters, when the "lora" collection holds them.
+    execution: rematerialization and attention form (memory and speed, not the math).
+  """
   config: ModelConfig
+  lora_scale: float = 1.0
+  execution: ExecConfig = ExecConfig()
 
   @nn.compact
   def __call__(self, tokens: Array, positions: Array, cache: dict[str, Array] | None = None,
@@ -186,10 +218,15 @@ class Decoder(nn.Module):
           cache["pos"], jnp.full(positions.shape, -1, cache["pos"].dtype), (0, cache["index"]))
       layer_xs.update(k=cache["k"], v=cache["v"])
 
+    block = Block
+    if self.execution.remat != "none":
+      # scan already keeps the recomputation from being merged back into the forward pass.
+      block = nn.remat(Block, policy=_REMAT[self.execution.remat], prevent_cse=False)
     layers = nn.scan(
-        Block, variable_axes={"params": 0}, split_rngs={"params": True},
+        block, variable_axes={"params": 0, LORA: 0}, split_rngs={"params": True},
         in_axes=(0, nn.broadcast), length=cfg.num_layers,
-        metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="layers")
+        metadata_params={nn.PARTITION_NAME: "layers"})(cfg, self.lora_scale, self.execution,
+                                                         name="layers")
     x, kv = layers(x, layer_xs, shared)
 
     scale = self.param(

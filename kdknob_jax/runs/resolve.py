@@ -1,6 +1,7 @@
 """Any model a user can name, loaded the same way: an embedded name, an HF directory, a .gguf
-file, a cached hub id, a calibration workdir (the teacher with its adapters merged) or a
-distillation workdir (the trained student).
+file, a cached hub id, a calibration workdir (the teacher with its adapters) or a distillation
+workdir (the trained student). Adapters stay applied, not merged, unless `merge` is asked for
+(export): merging into bfloat16 weights would round most of a calibration's change away.
 
 A workdir is recognized by its `run.json`; its weights are the base model's, reloaded from its
 source, plus what the run's latest (or a chosen) checkpoint holds.
@@ -23,7 +24,8 @@ from kdknob_jax.hf import LoadedModel, load_model, load_tokenizer
 from kdknob_jax.hf.tokenizer import Tokenizer
 from kdknob_jax.models import param_axes
 from kdknob_jax.models.derive import keep_layers, parse_keep
-from kdknob_jax.models.lora import LoraConfig, init_lora, merged_params
+from kdknob_jax.models.lora import (ADAPTER_KEY, LoraConfig, adapted, init_lora, lora_axes,
+                                    merged_params)
 from kdknob_jax.runs.checkpoints import DISTILL_KIND, RunCheckpoints, read_identity
 from kdknob_jax.settings import from_mapping
 from kdknob_jax.train.optimizer import make_optimizer
@@ -90,24 +92,34 @@ def restore_trained(workdir: str | Path, identity: dict, trainable: dict, key: s
 
 
 def place(params: dict, cfg, mesh, rules) -> dict:
-  """Params on the mesh, each weight in its shards (unchanged without a mesh)."""
+  """Params (with any adapters beside them) on the mesh, each weight in its shards, each
+  adapter sharded like its weight (unchanged without a mesh)."""
   if mesh is None:
     return params
-  shardings = sharding_lib.shardings_for(jax.eval_shape(lambda: params), param_axes(cfg), mesh,
-                                         rules)
-  return jax.device_put(params, shardings)
+  base = {k: v for k, v in params.items() if k != ADAPTER_KEY}
+  axes = param_axes(cfg)
+  out = jax.device_put(base, sharding_lib.shardings_for(jax.eval_shape(lambda: base), axes,
+                                                        mesh, rules))
+  adapter = params.get(ADAPTER_KEY)
+  if adapter is not None:
+    lcfg = LoraConfig(targets=tuple(adapter.layers))
+    layers = jax.device_put(adapter.layers, sharding_lib.shardings_for(
+        jax.eval_shape(lambda: adapter.layers), lora_axes(axes, lcfg)["layers"], mesh, rules))
+    out[ADAPTER_KEY] = adapter.replace(layers=layers)
+  return out
 
 
 def calibrated_teacher(workdir: str | Path, dtype: str | None = None, mesh=None,
-                       rules: Sequence = sharding_lib.DEFAULT_RULES, step: int | None = None
-                       ) -> LoadedModel:
-  """A calibration run's teacher: the base reloaded from its source with the adapters merged.
+                       rules: Sequence = sharding_lib.DEFAULT_RULES, step: int | None = None,
+                       merge: bool = False) -> LoadedModel:
+  """A calibration run's teacher: the base reloaded from its source with its adapters.
 
   Args:
     workdir: the run's --workdir.
     dtype: of the weights (default: the run's).
-    mesh, rules: place the merged weights on this mesh.
+    mesh, rules: place the weights on this mesh.
     step: the checkpoint (default: the latest).
+    merge: fold the adapters into the weights (one rounding to `dtype`; for export).
   """
   identity = read_identity(workdir)
   if identity.get("run_kind") == DISTILL_KIND:
@@ -118,8 +130,9 @@ def calibrated_teacher(workdir: str | Path, dtype: str | None = None, mesh=None,
   shapes = jax.eval_shape(lambda: base.params)
   lora_shapes = jax.eval_shape(lambda: init_lora(shapes, lcfg, jax.random.PRNGKey(0)))
   lora = restore_trained(workdir, identity, lora_shapes, "lora", step)
-  merged = merged_params(base.params, lora, lcfg=lcfg)
-  return dataclasses.replace(base, params=place(merged, base.config, mesh, rules))
+  params = (merged_params(base.params, lora, lcfg=lcfg) if merge
+            else adapted(base.params, lora, lcfg))
+  return dataclasses.replace(base, params=place(params, base.config, mesh, rules))
 
 
 def load_trained_tokenizer(spec: str | Path) -> Tokenizer:
@@ -132,8 +145,8 @@ def load_trained_tokenizer(spec: str | Path) -> Tokenizer:
 
 
 def load_trained(spec: str | Path, dtype: str = "float32", mesh=None,
-                 rules: Sequence = sharding_lib.DEFAULT_RULES, step: int | None = None
-                 ) -> tuple[LoadedModel, Tokenizer]:
+                 rules: Sequence = sharding_lib.DEFAULT_RULES, step: int | None = None,
+                 merge: bool = False) -> tuple[LoadedModel, Tokenizer]:
   """(model, tokenizer) for any model spec: a name or path `load_model` takes, or a workdir.
 
   Args:
@@ -142,6 +155,7 @@ def load_trained(spec: str | Path, dtype: str = "float32", mesh=None,
     dtype: of the weights.
     mesh, rules: place the weights on this mesh.
     step: a workdir's checkpoint to load (default: the latest).
+    merge: fold a workdir's adapters into the weights (for export); else they stay applied.
 
   Raises:
     ModelNotFoundError, RunStateError: with the fix.
@@ -149,8 +163,8 @@ def load_trained(spec: str | Path, dtype: str = "float32", mesh=None,
   tokenizer = load_trained_tokenizer(spec)
   if is_workdir(spec):
     if read_identity(spec).get("run_kind") == DISTILL_KIND:
-      return trained_student(spec, dtype, mesh, rules, step), tokenizer
-    return calibrated_teacher(spec, dtype, mesh, rules, step), tokenizer
+      return trained_student(spec, dtype, mesh, rules, step, merge), tokenizer
+    return calibrated_teacher(spec, dtype, mesh, rules, step, merge), tokenizer
   return load_model(str(spec), dtype=dtype, mesh=mesh, rules=rules), tokenizer
 
 
@@ -171,15 +185,16 @@ def load_student(student: str, keep: str, dtype: str, mesh=None,
 
 
 def trained_student(workdir: str | Path, dtype: str | None = None, mesh=None,
-                    rules: Sequence = sharding_lib.DEFAULT_RULES, step: int | None = None
-                    ) -> LoadedModel:
-  """A distillation run's student (adapters merged), from its latest (or `step`) checkpoint.
+                    rules: Sequence = sharding_lib.DEFAULT_RULES, step: int | None = None,
+                    merge: bool = False) -> LoadedModel:
+  """A distillation run's student, from its latest (or `step`) checkpoint.
 
   Args:
     workdir: the run's --workdir.
     dtype: of the returned weights (default: the run's).
     mesh, rules: place the weights on this mesh.
     step: the checkpoint (default: the latest).
+    merge: fold adapters into the weights (for export); else they stay applied.
   """
   identity = read_identity(workdir)
   # In the run's dtype, which is what the checkpoint holds.
@@ -189,10 +204,14 @@ def trained_student(workdir: str | Path, dtype: str | None = None, mesh=None,
   trainable = shapes if lcfg is None else jax.eval_shape(
       lambda: init_lora(shapes, lcfg, jax.random.PRNGKey(0)))
   params = restore_trained(workdir, identity, trainable, "params", step)
-  if lcfg is not None:
-    params = merged_params(model.params, params, lcfg=lcfg)
   cfg = model.config
+  base = model.params if lcfg is not None else params
   if dtype and dtype != cfg.dtype:
-    params = jax.tree_util.tree_map(lambda x: x.astype(dtype), params)
+    base = jax.tree_util.tree_map(lambda x: x.astype(dtype), base)
     cfg = dataclasses.replace(cfg, dtype=dtype)
+  if lcfg is not None:
+    params = (merged_params(base, params, lcfg=lcfg) if merge
+              else adapted(base, params, lcfg))
+  else:
+    params = base
   return dataclasses.replace(model, params=place(params, cfg, mesh, rules), config=cfg)

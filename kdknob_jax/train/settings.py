@@ -7,7 +7,9 @@ import dataclasses
 
 from kdknob_jax.data import get_task, load_records
 from kdknob_jax.errors import ConfigError
+from kdknob_jax.models.config import REMAT_POLICIES, ExecConfig
 from kdknob_jax.models.lora import INPUT_DIMS, LoraConfig, targets_from_names
+from kdknob_jax.ops.attention import IMPLEMENTATIONS
 from kdknob_jax.settings import need
 from kdknob_jax.train.optimizer import make_optimizer
 
@@ -110,6 +112,10 @@ class RunSettings:
     steps, eval_every, checkpoint_every, keep_checkpoints, log_every, seed: the run loop (see
       `LoopSettings`).
     chunk: LM-head rows per chunk in the step (0: automatic).
+    remat: what the train step's layers keep for the backward pass ("nothing", "dots" or
+      "none"; see `ExecConfig`). "nothing" is what lets the paper configs fit.
+    attention: the attention form ("auto": cuDNN flash attention on GPU, chunked elsewhere).
+    query_chunk: queries per chunk of the chunked attention.
     mesh: mesh axis sizes; rules: logical-axis rules overriding the defaults.
     on_nonfinite: what a NaN/Inf loss, gradient norm or reward does (see `LoopSettings`).
   """
@@ -122,9 +128,16 @@ class RunSettings:
   log_every: int = 1
   seed: int = 0
   chunk: int = 0
+  remat: str = "nothing"
+  attention: str = "auto"
+  query_chunk: int = 128
   mesh: dict = dataclasses.field(default_factory=lambda: dict(data=1, fsdp=-1, tensor=1))
   rules: tuple = ()
   on_nonfinite: str = "stop"
+
+  def execution(self) -> ExecConfig:
+    """How the train step runs the decoder (memory and speed; not part of a run's identity)."""
+    return ExecConfig(self.remat, self.attention, self.query_chunk)
 
   def loop(self) -> LoopSettings:
     """What the run loop reads of this config (a subclass defines `prompts_per_step`)."""
@@ -146,6 +159,11 @@ def check_common(c, full_finetune: bool = False) -> None:
   need(c.max_new_tokens >= 1, "config.max_new_tokens must be >= 1.")
   need(c.steps >= 1, "config.steps must be >= 1.")
   need(c.checkpoint_every >= 1, "config.checkpoint_every must be >= 1.")
+  need(c.remat in REMAT_POLICIES, f"config.remat must be one of {REMAT_POLICIES}, got "
+       f"{c.remat!r}.")
+  need(c.attention in IMPLEMENTATIONS, f"config.attention must be one of {IMPLEMENTATIONS}, "
+       f"got {c.attention!r}.")
+  need(c.query_chunk >= 1, f"config.query_chunk must be >= 1, got {c.query_chunk}.")
   need(c.on_nonfinite in ("stop", "skip"), f"config.on_nonfinite must be 'stop' or 'skip', got "
        f"{c.on_nonfinite!r}.")
   if c.lora.rank:
