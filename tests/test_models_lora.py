@@ -1,5 +1,6 @@
-"""LoRA adapters on the stacked weights: zero-init equals the base, merge math per weight
-layout, gradients reach only the adapters, config errors."""
+"""LoRA adapters on the stacked weights: zero-init equals the base, the applied adapter equals
+the merged weight in float32, merge math per weight layout, gradients reach only the adapters,
+a bfloat16 update moves log-probs as the float32 update does, config errors."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ import pytest
 import jax
 import jax.numpy as jnp
 
+import optax
+
+from kdknob_jax.calibration import step as step_lib
 from kdknob_jax.models import ModelConfig, forward, init_params, param_axes
-from kdknob_jax.models.lora import (LoraConfig, count, init_lora, lora_axes, merge,
+from kdknob_jax.models.lora import (LoraConfig, adapted, count, init_lora, lora_axes, merge,
                                     targets_from_names)
+from kdknob_jax.models.scoring import completion_logp
 from conftest import TINY, random_ids
 
 
@@ -30,8 +35,34 @@ def test_zero_init_is_exactly_the_base_model(base):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   ids = jnp.asarray(random_ids(cfg.vocab_size, (2, 9)))
   run = jax.jit(lambda p: forward(p, cfg, ids)[0])
-  np.testing.assert_array_equal(np.asarray(run(merged)), np.asarray(run(params)))
-  assert merge(params, None, lcfg) is params
+  want = np.asarray(run(params))
+  np.testing.assert_array_equal(np.asarray(run(merged)), want)
+  np.testing.assert_array_equal(np.asarray(run(adapted(params, lora, lcfg))), want)
+  assert merge(params, None, lcfg) is params and adapted(params, None, lcfg) is params
+
+
+def test_a_uniform_kaiming_a_as_peft_initializes_it(base):
+  _, params = base
+  lora = init_lora(params, LoraConfig(rank=4), jax.random.PRNGKey(1))
+  a = np.asarray(lora["layers"]["gate_proj"]["a"])  # fan-in D = 32
+  assert np.abs(a).max() <= 32**-0.5 and np.abs(a).max() > 0.9 * 32**-0.5
+  assert abs(a.std() - 32**-0.5 / np.sqrt(3)) < 0.01
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_the_applied_adapter_equals_the_merged_weight_in_float32(family):
+  cfg = ModelConfig.from_hf(TINY[family])
+  params = init_params(cfg, jax.random.PRNGKey(0))
+  lcfg = LoraConfig(rank=3, alpha=6.0)
+  lora = jax.tree_util.tree_map(
+      lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(2), x.shape),
+      init_lora(params, lcfg, jax.random.PRNGKey(1)))
+  ids = jnp.asarray(random_ids(cfg.vocab_size, (2, 9)))
+  run = jax.jit(lambda p: forward(p, cfg, ids)[0])
+  got, want = np.asarray(run(adapted(params, lora, lcfg))), np.asarray(run(merge(params, lora,
+                                                                                   lcfg)))
+  assert np.abs(want - np.asarray(run(params))).max() > 0.1  # the adapters matter
+  np.testing.assert_allclose(got, want, rtol=0, atol=5e-6)
 
 
 @pytest.mark.parametrize("name", ["q_proj", "o_proj", "down_proj"])
@@ -59,7 +90,7 @@ def test_gradients_reach_the_adapters_only_through_b_at_init(base):
   ids = jnp.asarray(random_ids(cfg.vocab_size, (2, 7), seed=1))
 
   def loss(lo):
-    logits = forward(merge(params, lo, lcfg), cfg, ids)[0]
+    logits = forward(adapted(params, lo, lcfg), cfg, ids)[0]
     return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
 
   grads = jax.jit(jax.grad(loss))(lora)
@@ -90,3 +121,48 @@ def test_config_errors_and_target_names():
   assert targets_from_names("attention") == ("q_proj", "k_proj", "v_proj", "o_proj")
   assert targets_from_names("q_proj, down_proj") == ("q_proj", "down_proj")
   assert LoraConfig(rank=128, alpha=128.0).scale == 1.0
+
+
+def _regression_batch(seed: int, p: int = 4, g: int = 4, s: int = 12, t: int = 32):
+  rng = np.random.default_rng(seed)
+  batch = dict(prompts=rng.integers(0, 256, (p, s)), prompt_pos=np.tile(np.arange(s), (p, 1)),
+               owner=np.repeat(np.arange(p), g), completions=rng.integers(0, 256, (p * g, t)),
+               completion_pos=np.tile(np.arange(s, s + t), (p * g, 1)))
+  batch = {k: v.astype(np.int32) for k, v in batch.items()}
+  batch.update(mask=np.ones((p * g, t), np.float32), old_logp=np.zeros((p * g, t), np.float32),
+               ref_logp=np.zeros((p * g, t), np.float32),
+               advantages=rng.standard_normal(p * g).astype(np.float32))
+  return {k: jnp.asarray(v) for k, v in batch.items()}
+
+
+def test_a_bfloat16_update_moves_log_probs_as_the_float32_update_does():
+  """One calibration step at the paper's lr 2e-5 (Adam, r = α = 128) on a width-256 model:
+  regressing the bfloat16 run's per-token Δlog p on the float32 run's gives a coefficient of
+  about 1 with the adapter applied. Merging it into the bfloat16 weights instead (the control)
+  rounds most of the update away."""
+  cfg32 = ModelConfig.from_hf(dict(TINY["qwen3"], hidden_size=256, intermediate_size=512,
+                                   head_dim=32, num_hidden_layers=2))
+  p32 = init_params(cfg32, jax.random.PRNGKey(0))
+  cfg16 = cfg32.replace(dtype="bfloat16")
+  p16 = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), p32)
+  lcfg = LoraConfig(rank=128, alpha=128.0)
+  lora = init_lora(p32, lcfg, jax.random.PRNGKey(1))
+  batch = _regression_batch(0)
+  opt = optax.adam(2e-5)
+  scfg = step_lib.StepConfig(beta=0.0, on_policy=True)
+
+  def delta(cfg, params, combine):
+    lo, params = jax.tree_util.tree_map(jnp.copy, (lora, params))  # the step donates them
+    state = step_lib.CalibState(step=jnp.zeros((), jnp.int32), lora=lo, opt_state=opt.init(lo),
+                                base=params)
+    before = completion_logp(combine(params, lo, lcfg), cfg, batch, 0)
+    new, _ = step_lib.make_train_step(cfg, lcfg, scfg, opt)(state, batch, jax.random.PRNGKey(1))
+    after = completion_logp(combine(new.base, new.lora, lcfg), cfg, batch, 0)
+    return np.asarray(after - before, np.float64).ravel()
+
+  x = delta(cfg32, p32, adapted)
+  coef = lambda y: float(np.dot(x, y) / np.dot(x, x))  # pylint: disable=unnecessary-lambda-assignment
+  applied, merged = coef(delta(cfg16, p16, adapted)), coef(delta(cfg16, p16, merge))
+  assert np.abs(x).mean() > 1e-3  # the update moves the log-probs measurably
+  assert 0.95 <= applied <= 1.05, applied
+  assert merged < 0.5, merged
