@@ -110,6 +110,15 @@ def mesh_context(mesh: Mesh | None, rules: Sequence = ()):
   if mesh is None:
     return contextlib.nullcontext()
   stack = contextlib.ExitStack()
-  stack.enter_context(mesh)
+  stack.enter_context(use_mesh(mesh))
   stack.enter_context(nn.logical_axis_rules(rules))
   return stack
+
+
+def use_mesh(mesh: Mesh):
+  """The context, entered while a jitted function traces, that makes `mesh` the one its
+  code sees. Flax's logical constraints look for it with `jax.sharding.get_abstract_mesh()`,
+  which the older `with mesh:` leaves empty on current JAX: under `with mesh:` alone every
+  constraint was silently dropped."""
+  use_abstract = getattr(jax.sharding, "use_abstract_mesh", None)
+  return use_abstract(mesh.abstract_mesh) if use_abstract is not None else mesh

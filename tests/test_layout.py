@@ -18,14 +18,14 @@ RANKS = {
     "hf": 3, "decode": 3, "evals": 3, "diagnostics": 3,
     "runs": 4, "train": 4,
     "calibration": 5, "distillation": 5,
-    "experiments": 6,
-    "cli": 7, "calibrate": 7, "distill": 7, "pipeline": 7, "pilot": 7, "evaluate": 7,
+    "experiments": 6, "planning": 6,
+    "cli": 7, "plan": 7, "calibrate": 7, "distill": 7, "pipeline": 7, "pilot": 7, "evaluate": 7,
     "export": 7, "generate": 7, "compare": 7, "bench": 7, "__init__": 7,
 }
 # Peers that must not import each other (siblings of one layer with separate concerns).
 INDEPENDENT = [("calibration", "distillation")]
 # Only these may import ml_collections: the boundary where a ConfigDict becomes typed settings.
-ML_COLLECTIONS_OK = ("settings", "cli", "calibrate", "distill", "pipeline", "pilot")
+ML_COLLECTIONS_OK = ("settings", "cli", "calibrate", "distill", "pipeline", "pilot", "plan")
 
 
 def _module_name(path: Path) -> str:

@@ -55,6 +55,8 @@ class CalibConfig(RunSettings):
     target_chat: the same for the target, with its own template.
     lora, optimizer: the adapters and their optimizer.
     rows_per_call: target scoring, completions per forward pass.
+    prompt_slots: pad prompts to at least this many tokens (0: the longest train prompt);
+      `python -m kdknob_jax.plan` plans for it (256 when 0).
     peak_flops: per device, for MFU; 0 looks the device up.
     The data splits, the loop's cadences, chunk, mesh and rules are `RunSettings`'.
   """
@@ -81,6 +83,7 @@ class CalibConfig(RunSettings):
   lora: LoraSettings = LoraSettings()
   optimizer: OptimizerSettings = OptimizerSettings()
   rows_per_call: int = 16
+  prompt_slots: int = 0
   peak_flops: float = 0.0
 
   @property
@@ -104,12 +107,17 @@ def paper_config(teacher: str, target: str, lam: float, arg: str | None = None):
 
   `arg`: None is one host of 8×H100 (FSDP over its 8 GPUs); "v5p" is a TPU v5p pod slice
   (FSDP over 8 chips, data parallel across the rest, so any slice of a multiple of 8 chips);
+  "1gpu" is one GPU (one H200 holds the whole recipe: `python -m kdknob_jax.plan --devices 1`);
   "laptop" and "smoke" shrink the run onto the embedded models (see `shrink`).
   """
   c = base_config()
   c.teacher, c.target, c.lam = teacher, target, lam
+  c.prompt_slots = 256
   if arg == "v5p":
     c.mesh = dict(data=-1, fsdp=8, tensor=1)
+    return c
+  if arg == "1gpu":
+    c.mesh = dict(data=1, fsdp=-1, tensor=1)
     return c
   c.mesh = dict(data=1, fsdp=8, tensor=1)
   return shrink(c, arg)
@@ -122,6 +130,7 @@ def shrink(c, arg: str | None):
   if arg in ("laptop", "smoke"):
     c.teacher, c.target = EMBEDDED_TEACHER, EMBEDDED_TARGET
     c.dtype = "float32"
+    c.prompt_slots = 0
     c.target_chat = False  # Gemma-3-270M is a base model without a chat template
     c.train.update(task="commonsenseqa", source="commonsenseqa/sample200.jsonl", offset=40,
                    limit=0)
@@ -138,7 +147,7 @@ def shrink(c, arg: str | None):
     c.checkpoint_every = 5 if arg == "laptop" else 1
   elif arg:
     raise ConfigError(f"Unknown config argument {arg!r}: use ':laptop' or ':smoke' (paper "
-                      "configs also take ':v5p').")
+                      "configs also take ':v5p' and ':1gpu').")
   return c
 
 
@@ -155,6 +164,7 @@ def check(c: CalibConfig) -> None:
   need(c.beta >= 0, f"config.beta must be >= 0, got {c.beta}.")
   need(0 < c.epsilon < 1 and c.epsilon_high > 0, "config.epsilon must be in (0, 1) and "
        "config.epsilon_high > 0.")
+  need(c.prompt_slots >= 0, f"config.prompt_slots must be >= 0, got {c.prompt_slots}.")
   need(c.temperature > 0, "config.temperature must be > 0: the policy gradient needs the "
        "sampling distribution (greedy rollouts have no ratio).")
   check_common(c)

@@ -3,10 +3,12 @@ rollouts, and the matmul FLOPs of the step for MFU."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from kdknob_jax.diagnostics.summary import wrong_trace_preference
-from kdknob_jax.models import ModelConfig, param_count
+from kdknob_jax.models import ModelConfig, abstract_params, param_count
+from kdknob_jax.models.lora import count, init_lora
 from kdknob_jax.runs.metrics import decoder_flops_per_token
 
 
@@ -39,8 +41,19 @@ def _matmul_params(cfg: ModelConfig) -> int:
   return n + (cfg.vocab_size * cfg.hidden_size if cfg.tie_embeddings else 0)
 
 
+def _adapter_params(c, teacher: ModelConfig) -> int:
+  shapes = abstract_params(teacher)
+  return count(jax.eval_shape(lambda: init_lora(shapes, c.lora.config(), jax.random.PRNGKey(0))))
+
+
 def step_flops(c, teacher: ModelConfig, target: ModelConfig, info: dict) -> float:
-  """Matmul FLOPs of one step (sampling, scoring, target scoring, μ updates), for MFU.
+  """Model matmul FLOPs of one step (sampling, scoring, target scoring, μ updates), for MFU.
+
+  The adapters are applied, not merged, so the teacher's token costs its base matmuls plus
+  2·r·(in + out) per adapted weight, and the update's backward computes the activations'
+  gradients through the frozen base (one forward's worth) and the adapters' own gradients, no
+  full weight gradient. Rematerialization's recomputation is not counted (model FLOPs, as MFU
+  is usually reported).
 
   Args:
     c: the run's `CalibConfig`.
@@ -48,16 +61,17 @@ def step_flops(c, teacher: ModelConfig, target: ModelConfig, info: dict) -> floa
     info: the step's rollout info (prompt ids and completion lengths).
   """
   n_t, n_g = _matmul_params(teacher), _matmul_params(target)
+  n_a = _adapter_params(c, teacher)
   comp = float(np.sum(info["lengths"]))
   prompt = float(sum(len(p) for p in info["ids"]))
   ctx = float(np.mean([len(p) for p in info["ids"]])) + c.max_new_tokens / 2
-  fwd = decoder_flops_per_token(n_t, teacher.num_layers, teacher.hidden_size, ctx)
-  # The step differentiates through the merged weights W + (α/r)·A·B, so it computes the full
-  # weight gradient dW (then projects it onto A and B): a backward with weight gradients.
-  bwd = decoder_flops_per_token(n_t, teacher.num_layers, teacher.hidden_size, ctx,
-                                backward=True, weight_grads=True)
+  fwd = decoder_flops_per_token(n_t, teacher.num_layers, teacher.hidden_size, ctx) + 2.0 * n_a
+  base_fwd = decoder_flops_per_token(n_t, teacher.num_layers, teacher.hidden_size, ctx)
+  # forward + input gradients through the base, + the adapters' input and weight gradients.
+  update = (decoder_flops_per_token(n_t, teacher.num_layers, teacher.hidden_size, ctx,
+                                    backward=True, weight_grads=False) + 6.0 * n_a)
   tgt = decoder_flops_per_token(n_g, target.num_layers, target.hidden_size, ctx)
+  tokens = prompt + comp
   # Scoring: the base for the KL anchor, and the sampling policy only off policy (μ > 1).
-  scored = int(bool(c.beta)) + int(not c.on_policy)
-  return ((prompt + comp) * fwd + (prompt + comp) * fwd * scored
-          + (prompt + comp) * bwd * c.inner_updates + (prompt + comp) * tgt * bool(c.lam))
+  scoring = base_fwd * bool(c.beta) + fwd * (not c.on_policy)
+  return tokens * (fwd + scoring + update * c.inner_updates + tgt * bool(c.lam))

@@ -63,8 +63,8 @@ class Calibration:
     self.row_multiple = batch_divisor(self.mesh, self.rules)  # the decoder pads rows the same way
     # Every step pads to the longest train prompt, so each program compiles once per run.
     task, records = self.train
-    self.prompt_slots = max(len(self.teacher_tok.encode_prompt(task.prompt(r), chat=c.chat))
-                            for r in records)
+    self.prompt_slots = max([len(self.teacher_tok.encode_prompt(task.prompt(r), chat=c.chat))
+                             for r in records] + [c.prompt_slots])
     self.target_prompt_slots = max(
         len(self.target_tok.encode_prompt(task.prompt(r), chat=c.target_chat)) for r in records)
     check_positions(self.teacher.config, self.prompt_slots, c.max_new_tokens, "teacher")

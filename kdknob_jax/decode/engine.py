@@ -19,7 +19,6 @@ V vocabulary.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 from typing import Sequence
@@ -130,10 +129,14 @@ class DecodeState:
 def _decode(params, prompt_bp, lengths_b, live_b, prompt_ids_b, key, *, cfg: ModelConfig, n: int,
             max_new: int, sampling: SamplingConfig, stop_ids: tuple[int, ...], pad_id: int,
             mesh, rules):
-  ctx = mesh if mesh is not None else contextlib.nullcontext()
-  with ctx, nn.logical_axis_rules(rules if mesh is not None else ()):
-    return _decode_body(params, prompt_bp, lengths_b, live_b, prompt_ids_b, key, cfg, n, max_new,
-                        sampling, stop_ids, pad_id)
+  with sharding_lib.mesh_context(mesh, rules):
+    out = _decode_body(params, prompt_bp, lengths_b, live_b, prompt_ids_b, key, cfg, n, max_new,
+                       sampling, stop_ids, pad_id)
+  if mesh is not None:
+    # The host reads every row (on every process), and the outputs are small: replicate them.
+    out = jax.lax.with_sharding_constraint(
+        out, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  return out
 
 
 def _decode_body(params, prompt_bp, lengths_b, live_b, prompt_ids_b, key, cfg, n, max_new,
@@ -204,6 +207,13 @@ def _decode_body(params, prompt_bp, lengths_b, live_b, prompt_ids_b, key, cfg, n
   return {"tokens": state.tokens, "logprobs": state.logprobs,
           "model_logprobs": state.model_logprobs, "new_lengths": state.new_lengths,
           "stopped": state.done & live_r}
+
+
+def decode_program():
+  """The jitted prefill-and-decode program `Sampler` runs, for ahead-of-time lowering
+  (`kdknob_jax.planning`): `(params, prompts [B, P], lengths [B], live [B], prompt ids [B],
+  key, *, cfg, n, max_new, sampling, stop_ids, pad_id, mesh, rules)`."""
+  return _decode
 
 
 def check_prompts(prompts: Sequence[Sequence[int]], cfg: ModelConfig, max_new_tokens: int,
