@@ -138,12 +138,15 @@ def _plan(f) -> int:
     acc = fit.BY_NAME[f.accelerator]
     best = fit.largest_batch(plan, memory, acc, progress=say)
     result["largest_batch"] = {"accelerator": acc.name, "prompts_per_step": best.prompts_per_step,
-                               "rows": best.rows, "peak_gib": best.peak_gib}
+                               "rows": best.rows, "peak_gib": best.peak_gib,
+                               "capped": best.capped}
     where = f"{acc.label} ({acc.budget_gib:g} GiB budget)"
     if best.prompts_per_step:
       print(f"\nlargest rollout batch on {where}: {best.prompts_per_step} prompts x "
             f"{config.group_size} rollouts = {best.rows} rows a step (compiled there: peak "
-            f"{best.peak_gib:.2f} GiB)")
+            f"{best.peak_gib:.2f} GiB)"
+            + (f"; the search stops at {fit.MAX_GROWTH}x the config's batch" if best.capped
+               else ""))
     else:
       print(f"\nno rollout batch fits {where}: the weights and the fixed programs alone "
             "exceed it; use more devices (config.mesh) or a larger accelerator")

@@ -41,6 +41,7 @@ def test_the_embedded_run_is_planned_on_two_devices_with_its_largest_batch(tmp_p
   assert all(a["fits"] for a in plan["accelerators"].values())  # 135M + 270M params
   best = plan["largest_batch"]
   assert best["prompts_per_step"] > plan["prompts_per_step"] and best["peak_gib"] <= 13
+  assert best["capped"]  # 135M + 270M parameters: far more than 8x the batch fits
   assert "| train_step |" in text and "largest rollout batch" in text
 
 
@@ -58,7 +59,7 @@ def test_peak_counts_inputs_temporaries_new_outputs_and_the_rest_of_the_run():
   m = ProgramMemory("train_step", argument=10, output=6, alias=4, temp=3, resident_other=5)
   assert m.peak == 10 + 3 + (6 - 4) + 5
   big = {"a": ProgramMemory("a", int(70 * GIB), 0, 0, 0, 0)}
-  assert [fits(big, a) for a in ACCELERATORS] == [False, True, False, False]
+  assert [fits(big, a) for a in ACCELERATORS] == [False, True, True, False]  # 64/128/80/13
 
 
 def test_device_bytes_counts_one_shard():

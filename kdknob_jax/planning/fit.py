@@ -39,6 +39,8 @@ ACCELERATORS = (
 BY_NAME = {a.name: a for a in ACCELERATORS}
 # Programs whose memory grows with the rollout batch (target scoring runs `rows_per_call` rows).
 BATCHED = ("sampling", "rollout_scoring", "train_step")
+# The search looks no further than this many times the config's prompts per step.
+MAX_GROWTH = 8
 
 
 def measure(plan: Plan, prompts_per_step: int | None = None,
@@ -67,11 +69,14 @@ class BatchFit:
     rows: P · G rollouts.
     peak_gib: the largest program's peak at P, compiled (None when only estimated).
     lines: per batch-dependent program, (bytes at P = 0, bytes per prompt).
+    capped: the budget allows more than `MAX_GROWTH` times the config's batch; the search
+      stopped there.
   """
   prompts_per_step: int
   rows: int
   peak_gib: float | None
   lines: dict[str, tuple[float, float]]
+  capped: bool = False
 
 
 def largest_batch(plan: Plan, base: dict[str, ProgramMemory], acc: Accelerator,
@@ -92,6 +97,8 @@ def largest_batch(plan: Plan, base: dict[str, ProgramMemory], acc: Accelerator,
     cap = int((acc.budget_gib * GIB - intercept) // slope)
     best = cap if best is None else min(best, cap)
   fixed_ok = all(base[n].peak <= acc.budget_gib * GIB for n in PROGRAMS if n not in BATCHED)
+  capped = best > MAX_GROWTH * p1
+  best = min(best, MAX_GROWTH * p1)
   p = max(0, (best // step) * step) if fixed_ok else 0
   peak = None
   while confirm and p > 0:
@@ -101,5 +108,5 @@ def largest_batch(plan: Plan, base: dict[str, ProgramMemory], acc: Accelerator,
     if fits(at_p, acc):
       peak = max(m.peak for m in at_p.values()) / GIB
       break
-    p -= step
-  return BatchFit(p, p * plan.config.group_size, peak, lines)
+    p = ((p * 9 // 10) // step) * step  # the line was optimistic: 10% less, and again
+  return BatchFit(p, p * plan.config.group_size, peak, lines, capped)
