@@ -8,6 +8,12 @@ or top-p (HF's default top_k=50 is switched off). Neither stops at EOS: ours run
 ids, HF gets min_new_tokens, which masks EOS. Each side is warmed up (our compile, torch's
 first call), then timed `--repeats` times; tokens/s is rows x new tokens / wall seconds of a
 whole call (prefill included), and the reported figure is the median.
+
+In the same run it measures our decode step against its floor on this machine: a prefill-only
+call (one new token) is timed too, so one step is (call − prefill) / (new tokens − 1); the
+floor is a jitted program of that step's matmuls alone (every layer's projections on the
+rows, attention against a cache of the mean context, the LM head), with the weights as
+separate per-layer arrays, timed the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from kdknob_jax.compare.run import DEFAULT_PROMPTS
 from kdknob_jax.data import data_root
@@ -62,7 +70,55 @@ def run_ours(name, dtype, ids, samples, new_tokens, temperature, repeats) -> dic
   call(1000)
   warm = time.perf_counter() - t0
   secs = _time(call, repeats)
-  return {"seconds": secs, "warmup_seconds": warm}
+
+  def prefill(seed):
+    sampler(m.params, ids, n=samples, max_new_tokens=1, sampling=sampling,
+            key=jax.random.PRNGKey(seed))
+
+  prefill(1000)
+  pre = statistics.median(_time(prefill, repeats))
+  step = (statistics.median(secs) - pre) / max(new_tokens - 1, 1)
+  context = int(np.mean([len(x) for x in ids])) + new_tokens // 2
+  floor = step_floor(m.params, m.config, len(ids) * samples, context, repeats=max(repeats, 5))
+  return {"seconds": secs, "warmup_seconds": warm, "prefill_seconds": pre,
+          "step_seconds": step, "floor_step_seconds": floor, "step_over_floor": step / floor}
+
+
+def step_floor(params: dict, cfg, rows: int, context: int, repeats: int = 5) -> float:
+  """Median seconds of one decode step's matmuls alone: for each layer the seven projections
+  of `rows` rows and the two attention products against `context` cached keys, then the LM
+  head; the weights are separate per-layer arrays (no slicing of the stacked weights)."""
+  from kdknob_jax.models import head_of  # pylint: disable=g-import-not-at-top
+  names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+  layers = [{k: jnp.array(params["layers"][k][i]) for k in names} for i in range(cfg.num_layers)]
+  head, spec = head_of(params, cfg)
+  dt = jnp.dtype(cfg.dtype)
+  kv, g, h = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
+  cache = jnp.ones((rows, kv, context, h), dt)
+
+  @jax.jit
+  def one_step(x, layers, head, cache):
+    f32 = jnp.float32
+    for w in layers:
+      q = jnp.einsum("rd,dnh->rnh", x, w["q_proj"], preferred_element_type=f32).astype(dt)
+      k = jnp.einsum("rd,dkh->rkh", x, w["k_proj"], preferred_element_type=f32).astype(dt)
+      v = jnp.einsum("rd,dkh->rkh", x, w["v_proj"], preferred_element_type=f32).astype(dt)
+      s = jnp.einsum("rkgh,rksh->rkgs", q.reshape(rows, kv, g, h), cache + k[:, :, None],
+                     preferred_element_type=f32).astype(dt)
+      o = jnp.einsum("rkgs,rksh->rkgh", s, cache + v[:, :, None],
+                     preferred_element_type=f32).astype(dt).reshape(rows, kv * g, h)
+      x = x + jnp.einsum("rnh,nhd->rd", o, w["o_proj"], preferred_element_type=f32).astype(dt)
+      a = jnp.einsum("rd,df->rf", x, w["gate_proj"], preferred_element_type=f32).astype(dt)
+      b = jnp.einsum("rd,df->rf", x, w["up_proj"], preferred_element_type=f32).astype(dt)
+      x = x + jnp.einsum("rf,fd->rd", a * b, w["down_proj"],
+                         preferred_element_type=f32).astype(dt)
+    eq = "rd,vd->rv" if spec.tied else "rd,dv->rv"
+    return jnp.einsum(eq, x, head, preferred_element_type=f32)
+
+  x = jnp.ones((rows, cfg.hidden_size), dt) * 0.01
+  jax.block_until_ready(one_step(x, layers, head, cache))
+  return statistics.median(
+      _time(lambda _: jax.block_until_ready(one_step(x, layers, head, cache)), repeats))
 
 
 def run_hf(source, dtype, ids, samples, new_tokens, temperature, repeats, pad_id) -> dict:
@@ -137,6 +193,9 @@ def main(argv=None) -> int:
   result["ours"] = ours | {"tokens_per_s": tokens / statistics.median(ours["seconds"])}
   print(f"  ours: {result['ours']['tokens_per_s']:8.1f} tokens/s  (runs "
         f"{', '.join(f'{s:.1f}' for s in ours['seconds'])} s; compile {ours['warmup_seconds']:.1f} s)")
+  print(f"  ours per decode step: {ours['step_seconds']:.3f} s (prefill "
+        f"{ours['prefill_seconds']:.2f} s); the step's matmuls alone: "
+        f"{ours['floor_step_seconds']:.3f} s; step / floor: {ours['step_over_floor']:.2f}x")
   if not args.skip_hf:
     import transformers  # pylint: disable=g-import-not-at-top
     pad = tok.pad_id if tok.pad_id is not None else tok.eos_ids[0]

@@ -131,6 +131,7 @@ def shrink(c, arg: str | None):
     c.teacher, c.target = EMBEDDED_TEACHER, EMBEDDED_TARGET
     c.dtype = "float32"
     c.prompt_slots = 0
+    c.remat = "none"  # the embedded models' activations are small: no recomputation
     c.target_chat = False  # Gemma-3-270M is a base model without a chat template
     c.train.update(task="commonsenseqa", source="commonsenseqa/sample200.jsonl", offset=40,
                    limit=0)
