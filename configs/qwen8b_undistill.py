@@ -8,6 +8,9 @@ Weights come from the local Hugging Face cache (nothing is downloaded at run tim
   TPU v5p pod slice:   launch/tpu_pod.sh --name NAME --zone ZONE --accelerator v5p-64 \
                          --config configs/qwen8b_undistill.py:v5p --workdir gs://BUCKET/qwen8b_undistill
   GPU cluster (SLURM): CONFIG=configs/qwen8b_undistill.py WORKDIR=/shared/runs/qwen8b_undistill sbatch launch/slurm.sbatch
+  One H200 (the whole recipe on one GPU; check first with
+  python -m kdknob_jax.plan --config configs/qwen8b_undistill.py:1gpu --devices 1 --accelerator h200):
+                       python -m kdknob_jax.calibrate --config configs/qwen8b_undistill.py:1gpu
   Laptop (same recipe on the embedded models, minutes):
                        python -m kdknob_jax.calibrate --config configs/qwen8b_undistill.py:laptop
 """
@@ -16,5 +19,5 @@ from kdknob_jax.calibration.config import paper_config
 
 
 def get_config(arg: str | None = None):
-  """The config; arg "v5p", "laptop" or "smoke" (see `paper_config`)."""
+  """The config; arg "v5p", "1gpu", "laptop" or "smoke" (see `paper_config`)."""
   return paper_config("Qwen/Qwen3-8B", "Qwen/Qwen3-0.6B", -1.0, arg)
