@@ -3,12 +3,14 @@ rollouts, and the matmul FLOPs of the step for MFU."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 
 from kdknob_jax.diagnostics.summary import wrong_trace_preference
 from kdknob_jax.models import ModelConfig, abstract_params, param_count
-from kdknob_jax.models.lora import count, init_lora
+from kdknob_jax.models.lora import LoraConfig, count, init_lora
 from kdknob_jax.runs.metrics import decoder_flops_per_token
 
 
@@ -41,9 +43,11 @@ def _matmul_params(cfg: ModelConfig) -> int:
   return n + (cfg.vocab_size * cfg.hidden_size if cfg.tie_embeddings else 0)
 
 
-def _adapter_params(c, teacher: ModelConfig) -> int:
+@functools.lru_cache(maxsize=None)
+def _adapter_params(teacher: ModelConfig, lcfg: LoraConfig) -> int:
+  """Adapter parameters (traced once per model and adapter settings, not every step)."""
   shapes = abstract_params(teacher)
-  return count(jax.eval_shape(lambda: init_lora(shapes, c.lora.config(), jax.random.PRNGKey(0))))
+  return count(jax.eval_shape(lambda: init_lora(shapes, lcfg, jax.random.PRNGKey(0))))
 
 
 def step_flops(c, teacher: ModelConfig, target: ModelConfig, info: dict) -> float:
@@ -61,7 +65,7 @@ def step_flops(c, teacher: ModelConfig, target: ModelConfig, info: dict) -> floa
     info: the step's rollout info (prompt ids and completion lengths).
   """
   n_t, n_g = _matmul_params(teacher), _matmul_params(target)
-  n_a = _adapter_params(c, teacher)
+  n_a = _adapter_params(teacher, c.lora.config())
   comp = float(np.sum(info["lengths"]))
   prompt = float(sum(len(p) for p in info["ids"]))
   ctx = float(np.mean([len(p) for p in info["ids"]])) + c.max_new_tokens / 2

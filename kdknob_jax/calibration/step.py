@@ -65,10 +65,11 @@ class StepConfig:
   on_policy: bool = False
   execution: ExecConfig = ExecConfig()
 
-  @property
-  def scoring(self) -> ExecConfig:
-    """The forward-only programs' execution: no rematerialization (nothing is saved)."""
-    return dataclasses.replace(self.execution, remat="none")
+  @classmethod
+  def of(cls, c) -> "StepConfig":
+    """The step settings of a `CalibConfig` (the trainer's and the planner's)."""
+    return cls(float(c.beta), float(c.epsilon), float(c.epsilon_high), c.aggregation,
+               int(c.chunk), on_policy=c.on_policy, execution=c.execution())
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "lcfg", "scfg", "mesh", "rules"))
@@ -82,9 +83,9 @@ def score_rollouts(state: CalibState, batch: dict[str, Array], *, cfg: ModelConf
     zeros = jnp.zeros(batch["completions"].shape, jnp.float32)
     old = (zeros if scfg.on_policy else
            completion_logp(adapted(state.base, state.lora, lcfg), cfg, batch, scfg.chunk,
-                           scfg.scoring))
-    ref = (completion_logp(state.base, cfg, batch, scfg.chunk, scfg.scoring) if scfg.beta
-           else zeros)
+                           scfg.execution.forward_only()))
+    ref = (completion_logp(state.base, cfg, batch, scfg.chunk, scfg.execution.forward_only())
+           if scfg.beta else zeros)
   return old, ref
 
 

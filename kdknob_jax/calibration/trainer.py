@@ -54,9 +54,7 @@ class Calibration:
     self.same_vocab = (t_cfg.vocab_size == g_cfg.vocab_size
                        and self.teacher_tok.encode(_PROBE) == self.target_tok.encode(_PROBE))
     self.lcfg = c.lora.config()
-    self.scfg = step_lib.StepConfig(float(c.beta), float(c.epsilon), float(c.epsilon_high),
-                                    c.aggregation, int(c.chunk), on_policy=c.on_policy,
-                                    execution=c.execution())
+    self.scfg = step_lib.StepConfig.of(c)
     self.optimizer = c.optimizer.make()
     self.teacher = load_model(c.teacher, dtype=c.dtype, mesh=self.mesh, rules=self.rules)
     self.target = load_model(c.target, dtype=c.dtype, mesh=self.mesh, rules=self.rules)

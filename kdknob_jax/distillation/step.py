@@ -81,8 +81,8 @@ def distill_loss(student: dict, teacher: dict, batch: dict[str, Array], *, s_cfg
   args = (batch["prompts"], batch["prompt_pos"], batch["owner"], batch["completions"],
           batch["completion_pos"])
   hs = predictor_hidden(student, s_cfg, *args, lossc.execution)
-  scoring = dataclasses.replace(lossc.execution, remat="none")
-  ht = jax.lax.stop_gradient(predictor_hidden(teacher, t_cfg, *args, scoring))
+  ht = jax.lax.stop_gradient(predictor_hidden(teacher, t_cfg, *args,
+                                              lossc.execution.forward_only()))
   ws, s_spec = head_of(student, s_cfg)
   wt, t_spec = head_of(teacher, t_cfg)
   return fused_divergence(hs, ws, ht, wt, mask / tokens, kind="jsd", coef=lossc.beta,

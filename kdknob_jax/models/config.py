@@ -220,6 +220,10 @@ class ExecConfig:
   attention: str = "auto"
   query_chunk: int = 128
 
+  def forward_only(self) -> "ExecConfig":
+    """The same settings for a program that takes no gradient: nothing to rematerialize."""
+    return dataclasses.replace(self, remat="none")
+
   def __post_init__(self):
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}.")

@@ -27,9 +27,8 @@ from kdknob_jax.calibration.config import CalibConfig
 from kdknob_jax.decode import SamplingConfig
 from kdknob_jax.decode.engine import batch_divisor, bucket, decode_program
 from kdknob_jax.hf import load_config
-from kdknob_jax.models import ModelConfig, abstract_params, param_axes
+from kdknob_jax.models import ModelConfig, abstract_params, head_of, param_axes
 from kdknob_jax.models.lora import adapted, init_lora, lora_axes
-from kdknob_jax.models.transformer import head_spec
 from kdknob_jax.models.scoring import predictor_hidden, realized_from_hidden, round_up
 from kdknob_jax.models.variants import VARIANTS
 from kdknob_jax.ops.head import auto_chunk
@@ -143,10 +142,7 @@ class Plan:
 
   @property
   def step_config(self) -> step_lib.StepConfig:
-    c = self.config
-    return step_lib.StepConfig(float(c.beta), float(c.epsilon), float(c.epsilon_high),
-                               c.aggregation, int(c.chunk), on_policy=c.on_policy,
-                               execution=c.execution())
+    return step_lib.StepConfig.of(self.config)
 
   def rows(self, prompts_per_step: int | None = None) -> tuple[int, int]:
     """(padded prompts, padded rows) of a step, as the trainer pads them."""
@@ -183,8 +179,7 @@ def _sampling(plan: Plan, prompts_per_step: int | None):
   p = bucket(prompts_per_step or c.prompts_per_step,
              multiple=batch_divisor(plan.mesh, plan.rules))
   s = bucket(plan.prompt_slots, 16)
-  rep = NamedSharding(plan.mesh, PartitionSpec())
-  sds = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=rep)  # pylint: disable=unnecessary-lambda-assignment
+  sds = lambda shape, dt: _replicated(plan.mesh, jax.ShapeDtypeStruct(shape, dt))  # pylint: disable=unnecessary-lambda-assignment
   params = adapted(plan.state.base, plan.state.lora, c.lora.config())
   lowered = decode_program().lower(
       params, sds((p, s), jnp.int32), sds((p,), jnp.int32), sds((p,), bool),
@@ -211,12 +206,11 @@ def _target_scoring(plan: Plan, prompts_per_step: int | None):
   p = 1 << (r - 1).bit_length()
   s = round_up(plan.prompt_slots, 32)
   t = round_up(c.max_new_tokens, 16)
-  weight_name = "embed" if cfg.tie_embeddings else "lm_head"
-
   def score(params, prompts, prompt_pos, owner, comps, comp_pos):
     hidden = predictor_hidden(params, cfg, prompts, prompt_pos, owner, comps, comp_pos)
-    return realized_from_hidden(hidden.reshape(-1, cfg.hidden_size), params[weight_name],
-                                comps.reshape(-1), spec=head_spec(cfg),
+    weight, spec = head_of(params, cfg)
+    return realized_from_hidden(hidden.reshape(-1, cfg.hidden_size), weight,
+                                comps.reshape(-1), spec=spec,
                                 chunk=auto_chunk(r * t, cfg.vocab_size))
 
   i32 = jnp.int32
