@@ -26,7 +26,8 @@ def _load(name: str, arg: str | None = None):
 
 @pytest.mark.parametrize("name,arg", [("tiny_pipeline", None), ("tiny_pipeline", "smoke"),
                                       ("pipeline_qwen3", None), ("pipeline_qwen3", "v5p"),
-                                      ("pipeline_gemma3", None)])
+                                      ("pipeline_qwen3", "v5p,full"),
+                                      ("pipeline_gemma3", None), ("pipeline_gemma3", "full")])
 def test_every_pipeline_config_passes_its_checks(name, arg):
   from kdknob_jax.experiments import pipeline_config  # pylint: disable=g-import-not-at-top
   c = pipeline_config.build(_load(name, arg))
@@ -35,6 +36,66 @@ def test_every_pipeline_config_passes_its_checks(name, arg):
   assert (cal.lam, cal.target, cal.teacher) == (-c.lam, "S", c.teacher)
   d = pipeline_config.distillation(c, "gkd_rkl", "T", "S", "x.parquet")
   assert (d.method, d.teacher, d.student, d.samples_cache) == ("gkd_rkl", "T", "S", "x.parquet")
+
+
+PAPER = {"pipeline_qwen3": ("Qwen/Qwen3-8B", "Qwen/Qwen3-0.6B", "Qwen/Qwen3-1.7B"),
+         "pipeline_gemma3": ("google/gemma-3-12b-it", "google/gemma-3-1b-it",
+                             "google/gemma-3-4b-it")}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_pipelines_calibrate_against_a_proxy_and_distil_another_student(name):
+  """§6.1: the teacher is calibrated against a small proxy and distilled into a larger student,
+  lr 2e-5 and 4 samples per prompt; every model's shapes trace and the vocabularies agree."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.experiments import pipeline, pipeline_config  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.hf.load import config_of  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.models import abstract_params, forward  # pylint: disable=g-import-not-at-top
+  c = pipeline_config.build(_load(name, "full"))
+  teacher, target, student = PAPER[name]
+  assert (c.teacher, c.target, c.student) == (teacher, target, student)
+  assert pipeline_config.target_of(c, c.student) == target != student
+  cal = pipeline_config.calibration(c, 1.0, pipeline_config.target_of(c, c.student))
+  assert (cal.target, cal.lora.rank, cal.lora.alpha, cal.optimizer.lr, cal.group_size) == (
+      target, 128, 128.0, 2e-5, 4)
+  d = pipeline_config.distillation(c, "gkd_fkl", teacher, student, "x.parquet")
+  assert (d.optimizer.lr, d.samples_per_prompt) == (2e-5, 4)
+  assert [e.label for e in c.evaluations] == ["gsm8k", "bigmath_l4", "bigmath_l5",
+                                              "commonsenseqa", "mmlu_pro", "supergpqa"]
+  pipeline.check_vocabularies(c)  # the paper's pairs share their output rows
+  tokens = jax.ShapeDtypeStruct((2, 8), jax.numpy.int32)
+  for spec in (teacher, target, student):
+    cfg = config_of(spec, "bfloat16")
+    logits = jax.eval_shape(lambda p, t, cfg=cfg: forward(p, cfg, t)[0], abstract_params(cfg),
+                            tokens)
+    assert logits.shape == (2, 8, cfg.vocab_size)
+
+
+def test_a_token_level_student_with_other_vocabulary_rows_fails_before_anything_runs(tmp_path):
+  """Gemma-3-1B shares Gemma-3-12B's tokenizer but not its 262,208 output rows: the pipeline
+  refuses it before calibrating, and accepts it when only SFT is asked for."""
+  from kdknob_jax.experiments import pipeline, pipeline_config  # pylint: disable=g-import-not-at-top
+  c = _load("pipeline_gemma3")
+  c.student = "google/gemma-3-1b-it"
+  built = pipeline_config.build(c)
+  with pytest.raises(ConfigError, match=r"262,208 .* 262,144.*Gemma-3-4B"):
+    pipeline.run(built, tmp_path / "wd", progress=False)
+  assert not (tmp_path / "wd").exists()  # nothing was written
+  c.baselines = c.calibrated_methods = "sft"
+  pipeline.check_vocabularies(pipeline_config.build(c))
+
+
+def test_missing_evaluation_data_fails_before_anything_runs(tmp_path):
+  from kdknob_jax.experiments import pipeline, pipeline_config  # pylint: disable=g-import-not-at-top
+  c = _load("tiny_pipeline", "smoke")
+  c.extra_evaluations = [dict(name="extra", task="gsm8k", source=str(tmp_path / "none.jsonl"))]
+  built = pipeline_config.build(c)
+  with pytest.raises(ConfigError, match="'extra' cannot read its data.*none.jsonl"):
+    pipeline.run(built, tmp_path / "wd", progress=False)
+  assert not (tmp_path / "wd").exists()
+  c.extra_evaluations = [dict(name="gsm8k"), dict(name="gsm8k")]
+  with pytest.raises(ConfigError, match="distinct"):
+    pipeline_config.build(c)
 
 
 def test_bad_pipeline_settings_are_refused():
@@ -71,7 +132,7 @@ RESULTS = {
 def test_table_checks_the_three_claims_and_writes_every_format(tmp_path):
   from kdknob_jax.experiments import pipeline_config, table  # pylint: disable=g-import-not-at-top
   c = pipeline_config.build(_load("tiny_pipeline"))
-  tab = table.build(RESULTS, c, 125.0)
+  tab = table.build(RESULTS, c.evaluation, 125.0)
   got = {x["claim"]: (x["holds"], x["figures"]) for x in tab["claims"]}
   assert len(got) == 3
   retain = next(v for k, v in got.items() if "keeps" in k)

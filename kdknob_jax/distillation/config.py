@@ -21,6 +21,7 @@ from kdknob_jax.settings import need
 from kdknob_jax.train.settings import LoraSettings, OptimizerSettings, RunSettings, check_common
 
 METHODS = ("sft", "gkd_fkl", "gkd_rkl")
+TOKEN_LEVEL = ("gkd_fkl", "gkd_rkl")  # compare the two models over one vocabulary
 # (on_policy_share, jsd_beta) of each method when the config leaves them at -1.
 PRESETS = {"sft": (0.0, 0.0), "gkd_fkl": (0.0, 0.0), "gkd_rkl": (1.0, 1.0)}
 

@@ -3,13 +3,20 @@ teacher, distil students from the original and the calibrated teachers, evaluate
 
 Stages, each in its own directory under the workdir and each resuming when rerun:
   student_base/                 the student's starting weights as an HF checkpoint, when it is
-                                cut from a larger model (it is then also the calibration target)
-  teacher_{distillable,undistillable}/   calibration runs (λ = +|λ|, −|λ|; target = student)
+                                cut from a larger model
+  teacher_{distillable,undistillable}/   calibration runs (λ = +|λ|, −|λ|) against
+                                `config.target`, a proxy of the student (else the student)
   samples/<teacher>.parquet     teacher samples, shared by every student of that teacher
   student_<method>/             baselines: students of the original teacher
   improve_<method>/, misled_<method>/    students of the distillable / undistillable teacher
   eval/<row>/                   samples.json, metrics.json, summary.md of each model
+  eval_<name>/<row>/            the same for each of `config.extra_evaluations`
   table.{md,json,png}           the table, the paper's claims checked, and a bar chart
+  table_<name>.{md,json,png}    the table of each extra evaluation
+
+Before anything runs, every evaluation's data is read and the vocabularies of teacher and
+student are compared when a token-level method is configured, so a missing file or a
+mismatched student fails in seconds, not after the calibrations.
 """
 
 from __future__ import annotations
@@ -23,10 +30,40 @@ from kdknob_jax import settings as settings_lib
 from kdknob_jax.calibration import trainer as calibration
 from kdknob_jax.distillation import trainer as distill
 from kdknob_jax.experiments import table as table_lib
-from kdknob_jax.experiments.pipeline_config import (CALIBRATED, PipelineConfig, calibration as
-                                                    calibration_config, distillation,
-                                                    methods)
+from kdknob_jax.errors import ConfigError
+from kdknob_jax.experiments.pipeline_config import (CALIBRATED, EvaluationSettings,
+                                                    PipelineConfig, calibration as
+                                                    calibration_config, distillation, methods,
+                                                    target_of, token_level)
 from kdknob_jax.runs import resolve
+
+
+def check_vocabularies(c: PipelineConfig) -> None:
+  """Raises ConfigError when a token-level method would compare a teacher and a student whose
+  output layers differ in rows (e.g. Gemma-3-12B's 262,208 against Gemma-3-1B's 262,144, which
+  share a tokenizer). Reads the models' configs only (the variants table for the paper's)."""
+  gkd = token_level(c)
+  if not gkd:
+    return
+  from kdknob_jax.hf.load import config_of  # pylint: disable=g-import-not-at-top
+  teacher = config_of(str(c.teacher)).vocab_size
+  student = config_of(str(c.student)).vocab_size
+  if teacher != student:
+    raise ConfigError(
+        f"The teacher {c.teacher} has {teacher:,} vocabulary rows and the student {c.student} "
+        f"{student:,}, so the token-level methods {gkd} have no common vocabulary. Choose a "
+        "student with the teacher's vocabulary (the paper pairs Gemma-3-12B with Gemma-3-4B), "
+        "or keep only 'sft' in config.baselines and config.calibrated_methods.")
+
+
+def check_data(c: PipelineConfig) -> None:
+  """Reads every evaluation's rows once (fails on a missing or malformed file now, not after
+  hours of training)."""
+  for e in c.evaluations:
+    try:
+      e.load()
+    except Exception as err:  # DataError, ConfigError, OSError: all name the file
+      raise ConfigError(f"Evaluation {e.label!r} cannot read its data: {err}") from err
 
 
 def prepare_student(c: PipelineConfig, workdir: Path) -> str:
@@ -45,21 +82,22 @@ def prepare_student(c: PipelineConfig, workdir: Path) -> str:
   return str(out)
 
 
-def _eval_settings(c: PipelineConfig) -> dict:
-  return json.loads(json.dumps(settings_lib.as_dict(c.evaluation)))
+def _eval_settings(e: EvaluationSettings) -> dict:
+  return json.loads(json.dumps(settings_lib.as_dict(e)))
 
 
-def evaluate_model(c: PipelineConfig, spec: str, out: Path, label: str, progress: bool) -> dict:
-  """Evaluates one model into `out`, or reads the result of an identical earlier evaluation."""
+def evaluate_model(c: PipelineConfig, e: EvaluationSettings, spec: str, out: Path, label: str,
+                   progress: bool) -> dict:
+  """Evaluates one model on `e` into `out`, or reads the result of an identical earlier
+  evaluation."""
   from kdknob_jax.evals import evaluate, write_report  # pylint: disable=g-import-not-at-top
   from kdknob_jax.evals.report import read_metrics  # pylint: disable=g-import-not-at-top
-  settings = dict(_eval_settings(c), model=str(spec), model_step=resolve.workdir_step(spec),
+  settings = dict(_eval_settings(e), model=str(spec), model_step=resolve.workdir_step(spec),
                   dtype=c.dtype)
   if (out / "metrics.json").is_file():
     saved = read_metrics(out)
     if saved.get("config", {}).get("pipeline") == settings:
       return saved["metrics"]
-  e = c.evaluation
   task, records = e.load()
   model, tok = resolve.load_trained(spec, c.dtype)
   ks = tuple(int(k) for k in str(e.ks).split(","))
@@ -78,13 +116,17 @@ def run(c: PipelineConfig, workdir: str | Path, progress: bool = True) -> dict:
   {"table": markdown, "paths": {...}, "seconds", "claims"}."""
   t0 = time.perf_counter()
   wd = Path(workdir)
+  check_vocabularies(c)
+  check_data(c)
   wd.mkdir(parents=True, exist_ok=True)
   student = prepare_student(c, wd)
+  target = target_of(c, student)
   teachers = {"original": str(c.teacher)}
   for name, lam in CALIBRATED.items():
     run_dir = wd / f"teacher_{name}"
-    _say(progress, f"calibrating the {name} teacher (λ = {lam * c.lam:+g}) in {run_dir}")
-    calibration.run(calibration_config(c, lam, student), run_dir, progress=progress)
+    _say(progress, f"calibrating the {name} teacher (λ = {lam * c.lam:+g}, target {target}) "
+         f"in {run_dir}")
+    calibration.run(calibration_config(c, lam, target), run_dir, progress=progress)
     teachers[name] = str(run_dir)
   students = {}
   plan = [(f"student_{m}", "original", m) for m in methods(c.baselines)]
@@ -99,14 +141,19 @@ def run(c: PipelineConfig, workdir: str | Path, progress: bool = True) -> dict:
     students[row] = str(run_dir)
   models = {"teacher": teachers["original"], "teacher_distillable": teachers["distillable"],
             "teacher_undistillable": teachers["undistillable"], "student": student, **students}
-  results = {}
-  for row, spec in models.items():
-    _say(progress, f"evaluating {row}")
-    results[row] = evaluate_model(c, spec, wd / "eval" / row, row, progress)
-  tab = table_lib.build(results, c, time.perf_counter() - t0)
-  paths = table_lib.write(tab, wd) if distributed.is_main() else {}
-  return {"table": tab["markdown"], "paths": paths, "seconds": time.perf_counter() - t0,
-          "claims": tab["claims"]}
+  tables, paths = [], {}
+  for i, e in enumerate(c.evaluations):
+    suffix = "" if i == 0 else f"_{e.label}"
+    results = {}
+    for row, spec in models.items():
+      _say(progress, f"evaluating {row} on {e.label}")
+      results[row] = evaluate_model(c, e, spec, wd / f"eval{suffix}" / row, row, progress)
+    tab = table_lib.build(results, e, time.perf_counter() - t0)
+    tables.append(tab)
+    if distributed.is_main():
+      paths.update({f"{k}{suffix}": v for k, v in table_lib.write(tab, wd, suffix).items()})
+  return {"table": "\n".join(t["markdown"] for t in tables), "paths": paths,
+          "seconds": time.perf_counter() - t0, "claims": tables[0]["claims"]}
 
 
 def _say(progress: bool, message: str) -> None:

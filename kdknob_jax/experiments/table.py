@@ -53,10 +53,15 @@ def claims(results: Mapping[str, Mapping[str, float]], metric: str = "accuracy")
   return out
 
 
-def build(results: Mapping[str, Mapping[str, float]], config, seconds: float) -> dict:
-  """The table as a dict: rows, columns, claims, markdown."""
+def build(results: Mapping[str, Mapping[str, float]], e, seconds: float) -> dict:
+  """The table of one evaluation as a dict: rows, columns, claims, markdown.
+
+  Args:
+    results: each row's metrics.
+    e: the `EvaluationSettings` the metrics come from.
+    seconds: the pipeline's wall time so far.
+  """
   from kdknob_jax.evals.report import format_value  # pylint: disable=g-import-not-at-top
-  e = config.evaluation
   ks = [int(k) for k in str(e.ks).split(",")]
   columns = ["accuracy", f"maj@{e.n}"] + [f"pass@{k}" for k in ks if k != 1]
   if e.greedy:
@@ -70,20 +75,21 @@ def build(results: Mapping[str, Mapping[str, float]], config, seconds: float) ->
   lines += ["", "| claim | figures | holds |", "| --- | --- | --- |"]
   verdict = {True: "yes", False: "no", None: "n/a"}
   lines += [f"| {x['claim']} | {x['figures']} | {verdict[x['holds']]} |" for x in checked]
-  lines += ["", f"{e.task}, {e.n} samples per prompt at temperature {e.temperature}; "
+  lines = [f"### {e.label}", ""] + lines
+  lines += ["", f"{e.task} ({e.source}), {e.n} samples per prompt at temperature {e.temperature}; "
             f"wall time of this pipeline invocation {seconds / 60:.1f} min."]
   return {"columns": columns, "rows": rows, "claims": checked, "seconds": seconds,
-          "markdown": "\n".join(lines) + "\n", "task": e.task, "n": e.n}
+          "markdown": "\n".join(lines) + "\n", "task": e.label, "n": e.n}
 
 
-def write(tab: dict, workdir: Path) -> dict[str, Path]:
-  """table.md, table.json and table.png (grouped bars, one group per model) in `workdir`."""
+def write(tab: dict, workdir: Path, suffix: str = "") -> dict[str, Path]:
+  """table{suffix}.md, .json and .png (grouped bars, one group per model) in `workdir`."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  paths = {"markdown": workdir / "table.md", "json": workdir / "table.json",
-           "png": workdir / "table.png"}
+  paths = {kind: workdir / f"table{suffix}.{ext}"
+           for kind, ext in (("markdown", "md"), ("json", "json"), ("png", "png"))}
   paths["markdown"].write_text(tab["markdown"], encoding="utf-8")
   paths["json"].write_text(json.dumps({k: v for k, v in tab.items() if k != "markdown"},
                                       indent=1, ensure_ascii=False), encoding="utf-8")

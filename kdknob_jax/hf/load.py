@@ -16,6 +16,7 @@ from kdknob_jax.hf.sources import GGUFSource, SafetensorsSource
 from kdknob_jax.hf.tokenizer import Tokenizer
 from kdknob_jax.hf.tokenizer import load_tokenizer as _load_tokenizer
 from kdknob_jax.models import ModelConfig, abstract_params, param_axes
+from kdknob_jax.models.variants import VARIANTS
 
 
 @dataclasses.dataclass
@@ -47,6 +48,14 @@ def read_hf_config(source: ModelSource, g: gguf_file.GGUFFile | None = None) -> 
 def load_config(name: str | os.PathLike | ModelSource, dtype: str = "float32") -> ModelConfig:
   """The ModelConfig of a named model, reading no weights."""
   return ModelConfig.from_hf(read_hf_config(_as_source(name)), dtype=dtype)
+
+
+def config_of(name: str, dtype: str = "float32") -> ModelConfig:
+  """A model's config without its weights or files: the paper's variants table for its hub ids
+  (so full-size configs plan and check on a laptop), else `load_config`."""
+  if name in VARIANTS:
+    return VARIANTS[name].config(dtype)
+  return load_config(name, dtype=dtype)
 
 
 def load_model(name: str | os.PathLike | ModelSource, dtype: str = "float32", mesh=None,

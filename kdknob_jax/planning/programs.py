@@ -26,11 +26,10 @@ from kdknob_jax.calibration import step as step_lib
 from kdknob_jax.calibration.config import CalibConfig
 from kdknob_jax.decode import SamplingConfig
 from kdknob_jax.decode.engine import batch_divisor, bucket, decode_program
-from kdknob_jax.hf import load_config
+from kdknob_jax.hf.load import config_of
 from kdknob_jax.models import ModelConfig, abstract_params, head_of, param_axes
 from kdknob_jax.models.lora import adapted, init_lora, lora_axes
 from kdknob_jax.models.scoring import predictor_hidden, realized_from_hidden, round_up
-from kdknob_jax.models.variants import VARIANTS
 from kdknob_jax.ops.head import auto_chunk
 from kdknob_jax.train.batch import batch_sharding
 
@@ -70,12 +69,6 @@ class ProgramMemory:
             "resident_other_gib": gib(self.resident_other), "peak_gib": gib(self.peak)}
 
 
-def model_config(name: str, dtype: str) -> ModelConfig:
-  """A model's config without its weights: the paper's variants table, else its config.json
-  (an embedded name, a directory, a .gguf file or a cached hub id)."""
-  if name in VARIANTS:
-    return VARIANTS[name].config(dtype)
-  return load_config(name, dtype=dtype)
 
 
 def device_bytes(tree) -> int:
@@ -117,8 +110,8 @@ class Plan:
   @classmethod
   def build(cls, config: CalibConfig, mesh, prompt_slots: int = 256) -> "Plan":
     rules = tuple(tuple(r) for r in config.rules) or sharding_lib.DEFAULT_RULES
-    t_cfg = model_config(config.teacher, config.dtype)
-    g_cfg = model_config(config.target, config.dtype)
+    t_cfg = config_of(config.teacher, config.dtype)
+    g_cfg = config_of(config.target, config.dtype)
 
     def sharded_params(cfg):
       shapes = abstract_params(cfg)
