@@ -80,7 +80,15 @@ def test_step_update_is_the_reinforce_gradient(tiny_dir, on_policy):
   got = jax.tree_util.tree_map(lambda a, b: a - np.asarray(b), before, new.lora)
   for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
     np.testing.assert_allclose(g, w, rtol=2e-4, atol=1e-7)
-  assert float(metrics["ratio"]) == 1.0 and float(metrics["clip_fraction"]) == 0.0
+  # On policy the ratio is 1 by construction (stop-gradient of the same log-probs). Off policy
+  # the old log-probs come from another compiled program (the scoring forward), whose float32
+  # results may differ in the last bit from the train step's on some CPUs (an AVX-512 Xeon
+  # gives 1 - 1.2e-7); the ratio is then 1 to float32 rounding.
+  if on_policy:
+    assert float(metrics["ratio"]) == 1.0
+  else:
+    assert abs(float(metrics["ratio"]) - 1.0) <= 1e-6
+  assert float(metrics["clip_fraction"]) == 0.0
   # The stored old log-probs are the plain forward's log-probs of the same tokens.
   params = merge(new.base, before, lcfg)  # the state (base included) was donated
   for r, (p, c) in enumerate(ROWS):

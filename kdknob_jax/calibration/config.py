@@ -26,7 +26,9 @@ from kdknob_jax.train.settings import LoraSettings, OptimizerSettings, RunSettin
 IDENTITY_KEYS = ("teacher", "target", "dtype", "lam", "task_weight", "beta", "epsilon",
                  "epsilon_high", "aggregation", "renormalize", "group_size", "prompts_per_step",
                  "inner_updates", "max_new_tokens", "temperature", "top_k", "top_p",
-                 "stop_at_eos", "lora", "optimizer", "train", "seed", "chat", "target_chat")
+                 "stop_at_eos", "lora", "optimizer", "train", "seed", "chat", "target_chat",
+                 "loss_temperature")
+LOSS_TEMPERATURES = ("model", "sampling")
 
 EMBEDDED_TEACHER = "smollm2-135m-instruct"
 EMBEDDED_TARGET = "gemma3-270m"
@@ -50,6 +52,9 @@ class CalibConfig(RunSettings):
     prompts_per_step: prompts per step.
     inner_updates: μ updates on each rollout batch (stored old log-probs when > 1).
     max_new_tokens, temperature, top_k, top_p: the rollouts' sampling.
+    loss_temperature: "model" (default): the surrogate's ratio and the KL anchor use the
+      model's own log-probs (logits at T = 1); "sampling": those of logits / temperature, TRL's
+      convention. The same at temperature 1; r_cal always compares the models themselves.
     stop_at_eos: False makes every rollout max_new_tokens long (benchmarks).
     chat: teacher prompts through its chat template (if it has one).
     target_chat: the same for the target, with its own template.
@@ -77,6 +82,7 @@ class CalibConfig(RunSettings):
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
+  loss_temperature: str = "model"
   stop_at_eos: bool = True
   chat: bool = True
   target_chat: bool = True
@@ -166,6 +172,8 @@ def check(c: CalibConfig) -> None:
   need(0 < c.epsilon < 1 and c.epsilon_high > 0, "config.epsilon must be in (0, 1) and "
        "config.epsilon_high > 0.")
   need(c.prompt_slots >= 0, f"config.prompt_slots must be >= 0, got {c.prompt_slots}.")
+  need(c.loss_temperature in LOSS_TEMPERATURES, f"config.loss_temperature must be one of "
+       f"{LOSS_TEMPERATURES}, got {c.loss_temperature!r}.")
   need(c.temperature > 0, "config.temperature must be > 0: the policy gradient needs the "
        "sampling distribution (greedy rollouts have no ratio).")
   check_common(c)

@@ -56,6 +56,9 @@ class StepConfig:
       exactly 1, as TRL does) and no separate forward pass computes them.
     execution: the decoder's rematerialization and attention form in the train step (the
       scoring programs take no gradient and ignore `remat`).
+    logp_temperature: the policy's, old and reference log-probs of the loss are those of
+      logits / this; 1 scores the model itself, the sampling temperature is TRL's convention
+      (`CalibConfig.loss_temperature`).
   """
   beta: float = 0.04
   epsilon: float = 0.2
@@ -64,12 +67,15 @@ class StepConfig:
   chunk: int = 0
   on_policy: bool = False
   execution: ExecConfig = ExecConfig()
+  logp_temperature: float = 1.0
 
   @classmethod
   def of(cls, c) -> "StepConfig":
     """The step settings of a `CalibConfig` (the trainer's and the planner's)."""
     return cls(float(c.beta), float(c.epsilon), float(c.epsilon_high), c.aggregation,
-               int(c.chunk), on_policy=c.on_policy, execution=c.execution())
+               int(c.chunk), on_policy=c.on_policy, execution=c.execution(),
+               logp_temperature=(float(c.temperature) if c.loss_temperature == "sampling"
+                                 else 1.0))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "lcfg", "scfg", "mesh", "rules"))
@@ -83,9 +89,9 @@ def score_rollouts(state: CalibState, batch: dict[str, Array], *, cfg: ModelConf
     zeros = jnp.zeros(batch["completions"].shape, jnp.float32)
     old = (zeros if scfg.on_policy else
            completion_logp(adapted(state.base, state.lora, lcfg), cfg, batch, scfg.chunk,
-                           scfg.execution.forward_only()))
-    ref = (completion_logp(state.base, cfg, batch, scfg.chunk, scfg.execution.forward_only())
-           if scfg.beta else zeros)
+                           scfg.execution.forward_only(), scfg.logp_temperature))
+    ref = (completion_logp(state.base, cfg, batch, scfg.chunk, scfg.execution.forward_only(),
+                           scfg.logp_temperature) if scfg.beta else zeros)
   return old, ref
 
 
@@ -96,7 +102,7 @@ def _train_step(state: CalibState, batch: dict[str, Array], rng: Array, *, cfg: 
   with mesh_context(mesh, rules):
     def loss_fn(lora):
       logp = completion_logp(adapted(state.base, lora, lcfg), cfg, batch, scfg.chunk,
-                             scfg.execution)
+                             scfg.execution, scfg.logp_temperature)
       old = jax.lax.stop_gradient(logp) if scfg.on_policy else batch["old_logp"]
       return policy_loss(logp, old, batch["advantages"], batch["mask"],
                          ref_logp=batch["ref_logp"], beta=scfg.beta, epsilon=scfg.epsilon,

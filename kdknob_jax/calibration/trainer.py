@@ -55,7 +55,7 @@ class Calibration:
                        and self.teacher_tok.encode(_PROBE) == self.target_tok.encode(_PROBE))
     self.lcfg = c.lora.config()
     self.scfg = step_lib.StepConfig.of(c)
-    self.optimizer = c.optimizer.make()
+    self.optimizer = c.optimizer.make(c.steps * c.inner_updates)  # updates, not steps
     self.teacher = load_model(c.teacher, dtype=c.dtype, mesh=self.mesh, rules=self.rules)
     self.target = load_model(c.target, dtype=c.dtype, mesh=self.mesh, rules=self.rules)
     self.row_multiple = batch_divisor(self.mesh, self.rules)  # the decoder pads rows the same way

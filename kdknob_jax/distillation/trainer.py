@@ -89,7 +89,7 @@ class Distillation:
     self.lcfg = c.lora.config()
     self.lossc = LossConfig("ce" if c.method == "sft" else "jsd", beta, float(c.temperature),
                             int(c.chunk), c.execution())
-    self.optimizer = c.optimizer.make()
+    self.optimizer = c.optimizer.make(c.steps)
     self.sampling = SamplingConfig(c.temperature, c.top_k, c.top_p)
     self.batch_sampler = Sampler.for_tokenizer(self.student.config, student_tok, mesh=self.mesh,
                                                rules=self.rules, prompt_slots=self.prompt_slots)

@@ -118,12 +118,13 @@ def realized_from_hidden(hidden: Array, weight: Array, tokens: Array, *, spec: H
 
 
 def completion_logp(params: dict, cfg: ModelConfig, batch: dict[str, Array], chunk: int,
-                    execution: ExecConfig = ExecConfig()) -> Array:
+                    execution: ExecConfig = ExecConfig(), temperature: float = 1.0) -> Array:
   """Float32 log-probs [N, T] of every completion token under `params` (0 on padding).
 
   The head runs over chunks of rows under `jax.checkpoint`, so the backward pass holds one
   chunk's [chunk, V] logits at a time; `execution` sets the decoder's rematerialization and
-  attention form.
+  attention form; the log-probs are those of logits / `temperature` (after any softcap, as a
+  sampler divides them).
   """
   hidden = predictor_hidden(params, cfg, batch["prompts"], batch["prompt_pos"], batch["owner"],
                             batch["completions"], batch["completion_pos"], execution)
@@ -133,7 +134,8 @@ def completion_logp(params: dict, cfg: ModelConfig, batch: dict[str, Array], chu
   @jax.checkpoint
   def one(xs):
     h, tok = xs
-    lp = log_probs(head_logits(h, weight, spec))
+    logits = head_logits(h, weight, spec)
+    lp = log_probs(logits if temperature == 1.0 else logits / temperature)
     return jnp.take_along_axis(lp, tok[:, None], axis=1)[:, 0]
 
   rows = n * t

@@ -122,7 +122,7 @@ class Plan:
     lora_shapes = jax.eval_shape(lambda: init_lora(base, lcfg, jax.random.PRNGKey(0)))
     lora = _with(lora_shapes, sharding_lib.shardings_for(
         lora_shapes, lora_axes(param_axes(t_cfg), lcfg), mesh, rules))
-    opt = config.optimizer.make()
+    opt = config.optimizer.make(config.steps * config.inner_updates)
     # Adam's moments take the adapters' shardings through propagation, as in the trainer.
     init = jax.jit(opt.init).lower(lora).compile()
     opt_state = _with(jax.eval_shape(opt.init, lora), init.output_shardings)
@@ -216,9 +216,9 @@ def _target_scoring(plan: Plan, prompts_per_step: int | None):
 def _train_step(plan: Plan, prompts_per_step: int | None):
   c = plan.config
   shardings = jax.tree_util.tree_map(lambda x: x.sharding, plan.state)
-  step = step_lib.make_train_step(plan.teacher, c.lora.config(), plan.step_config,
-                                  c.optimizer.make(), plan.mesh, plan.rules,
-                                  state_shardings=shardings)
+  opt = c.optimizer.make(c.steps * c.inner_updates)
+  step = step_lib.make_train_step(plan.teacher, c.lora.config(), plan.step_config, opt,
+                                  plan.mesh, plan.rules, state_shardings=shardings)
   key = _replicated(plan.mesh, jax.eval_shape(lambda: jax.random.PRNGKey(0)))
   lowered = step.lower(plan.state, plan.batch(prompts_per_step), key)
   return lowered, device_bytes(plan.target_params)

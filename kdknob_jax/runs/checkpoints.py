@@ -25,6 +25,24 @@ def _describe(diff: Mapping[str, tuple[Any, Any]]) -> str:
   return "; ".join(f"{k}: checkpoint has {a!r}, config has {b!r}" for k, (a, b) in diff.items())
 
 
+# Settings added to run identities after workdirs with them absent were written, each with the
+# value that reproduces how those runs behaved: an older run.json reads as if it held them, so
+# its checkpoints resume (a run that sets another value is still refused).
+ADDED_SETTINGS = {("optimizer", "schedule"): "constant", ("loss_temperature",): "model"}
+
+
+def with_added_settings(saved: dict) -> dict:
+  """A saved identity with every absent `ADDED_SETTINGS` key at its old behavior's value."""
+  out = json.loads(json.dumps(saved))
+  for path, value in ADDED_SETTINGS.items():
+    node = out
+    for key in path[:-1]:
+      node = node.get(key) if isinstance(node, dict) else None
+    if isinstance(node, dict) and path[-1] not in node:
+      node[path[-1]] = value
+  return out
+
+
 class RunCheckpoints:
   """The checkpoints of one run directory.
 
@@ -58,6 +76,7 @@ class RunCheckpoints:
     except json.JSONDecodeError as e:
       raise RunStateError(f"{path} is not valid JSON ({e}); it records which run this workdir "
                           "holds. Restore it, or start the run in a new --workdir.") from e
+    saved = with_added_settings(saved)
     diff = {k: (saved.get(k), v) for k, v in self.identity.items() if saved.get(k) != v}
     if diff:
       raise RunStateError(

@@ -11,7 +11,7 @@ from kdknob_jax.models.config import REMAT_POLICIES, ExecConfig
 from kdknob_jax.models.lora import INPUT_DIMS, LoraConfig, targets_from_names
 from kdknob_jax.ops.attention import IMPLEMENTATIONS
 from kdknob_jax.settings import need
-from kdknob_jax.train.optimizer import make_optimizer
+from kdknob_jax.train.optimizer import SCHEDULES, make_optimizer
 
 DTYPES = ("float32", "bfloat16")
 
@@ -50,17 +50,21 @@ class EvalDataSettings(DataSettings):
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSettings:
-  """AdamW after global-norm clipping, warmed up linearly then constant."""
+  """AdamW after global-norm clipping, warmed up linearly, then at the rate `schedule` names:
+  "constant" (the default), "linear" (decay to 0 at the last step: Hugging Face's and TRL's
+  default) or "cosine" (see `kdknob_jax.train.optimizer`)."""
   lr: float = 2e-5
   warmup_steps: int = 10
   clip: float = 1.0
   weight_decay: float = 0.0
   b1: float = 0.9
   b2: float = 0.999
+  schedule: str = "constant"
 
-  def make(self):
+  def make(self, total_steps: int = 0):
+    """The optax optimizer of a run of `total_steps` updates."""
     return make_optimizer(self.lr, self.warmup_steps, self.clip, self.weight_decay, self.b1,
-                          self.b2)
+                          self.b2, self.schedule, total_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +180,12 @@ def check_common(c, full_finetune: bool = False) -> None:
   else:
     need(c.lora.rank >= 1, "config.lora.rank must be >= 1.")
   need(c.optimizer.lr > 0, "config.optimizer.lr must be > 0.")
+  need(c.optimizer.schedule in SCHEDULES, f"config.optimizer.schedule must be one of "
+       f"{SCHEDULES}, got {c.optimizer.schedule!r}.")
+  need(c.optimizer.schedule == "constant" or c.steps > c.optimizer.warmup_steps,
+       f"config.optimizer.schedule {c.optimizer.schedule!r} decays to 0 at the last step, so "
+       f"config.steps ({c.steps}) must exceed config.optimizer.warmup_steps "
+       f"({c.optimizer.warmup_steps}).")
   for name in ("train", "eval"):
     d = getattr(c, name)
     need(bool(d.task) and bool(d.source), f"config.{name} needs task and source.")
