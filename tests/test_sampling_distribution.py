@@ -1,18 +1,23 @@
-"""Sampling draws from the right distribution: chi-square tests against the exact softmax."""
+"""Sampling draws from the right distribution: chi-square tests against the exact softmax, and
+the tail of a Qwen-sized vocabulary, where a float32 inverse CDF could not draw some entries."""
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
 
 from conftest import random_ids
-from kdknob_jax.decode import Sampler, SamplingConfig, filtered_logits
+from kdknob_jax.decode import Sampler, SamplingConfig, filtered_logits, sample
+from kdknob_jax.decode.sampling import gumbel_from_bits, gumbel_noise
 from kdknob_jax.hf import load_model
 from kdknob_jax.models import forward
 
 DRAWS = 12_000
+VOCAB = 151_936  # Qwen's
+TAIL_DRAWS = 1536  # rows of the full vocabulary: about 7 s on 2 idle CPU cores
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +73,127 @@ def test_wrong_distribution_is_detected(model_and_logits):
   obs_bins = np.append(counts[big], counts[~big].sum())
   assert stats.chisquare(obs_bins, exp_bins).pvalue < 1e-6
 
+
+@pytest.fixture(scope="module")
+def heavy_tail():
+  """Probabilities [V], float64, summing to 1, shuffled: 16 head tokens with about a quarter of
+  the mass, 32,560 tokens log-uniform in [1e-6, 1e-4] (about 0.7 together) and the other
+  119,360 log-uniform in [1e-7, 1e-6] (about 0.05)."""
+  rng = np.random.default_rng(0)
+  upper = np.exp(rng.uniform(np.log(1e-6), np.log(1e-4), 32_560))
+  deep = np.exp(rng.uniform(np.log(1e-7), np.log(1e-6), VOCAB - 16 - upper.size))
+  head = 0.5 ** np.arange(1.0, 17.0)
+  head *= (1.0 - upper.sum() - deep.sum()) / head.sum()
+  return np.concatenate([head, upper, deep])[rng.permutation(VOCAB)]
+
+
+def _gumbel_max_rate(p: float, noise_top: np.ndarray, atom: float) -> float:
+  """How often Gumbel-max draws a token of probability p, given its noise's top values.
+
+  The token wins iff log p + g > M, where M, the max of the other tokens' perturbed log-probs,
+  is Gumbel with location log(1 - p). So the rate is E[exp(-(1 - p) e^-g / p)] over the noise
+  g: exactly p for exact Gumbel noise, whatever the vocabulary. The other tokens' noise is
+  taken as exact, since their max lies in the bulk, where the bits are finely spaced.
+
+  Args:
+    p: the token's probability.
+    noise_top: float64, the noise's largest values in decreasing order, one per bit pattern
+      (terms past them must be negligible).
+    atom: the probability of each bit pattern.
+  """
+  return float(np.sum(np.exp(-(1.0 - p) / p * np.exp(-noise_top))) * atom)
+
+
+def test_every_token_down_to_1e_7_is_drawn_at_its_probability():
+  """The sampler's own float32 noise at every bit pattern that matters gives rates within 1e-5
+  of p for p in 1e-5..1e-7 (and within 1% at 1e-9): a token's rate depends on its probability
+  alone, so this holds for each entry of a 151,936-token vocabulary. The 23-bit uniforms of
+  jax.random.gumbel's default, replayed in numpy, draw a 1e-7 token at about half its rate."""
+  probs = (1e-5, 1e-6, 1e-7, 1e-9)
+  # Past bit pattern n, the exponential -log(1 - u) exceeds 40 p / (1 - p): terms below e^-40.
+  n = int(np.ceil(40.0 * max(probs) * 2.0**32))
+  noise = jax.jit(gumbel_from_bits)
+  top = np.asarray(noise(jnp.arange(n, dtype=jnp.uint32)), np.float64)
+  coarse = np.asarray(noise(jnp.asarray(np.arange(0, 2**32, 4099, dtype=np.uint64), jnp.uint32)))
+  assert np.all(np.diff(top) <= 0) and np.all(np.diff(coarse) <= 0), "noise must not increase"
+  assert np.isfinite(coarse).all() and abs(top[0] - 33 * np.log(2)) < 1e-5
+  rates = {p: _gumbel_max_rate(p, top, 2.0**-32) / p for p in probs}
+  for p in probs[:3]:
+    assert abs(rates[p] - 1.0) < 1e-5, rates
+  assert abs(rates[1e-9] - 1.0) < 0.01, rates
+
+  # jax.random.gumbel(mode="low"): -log(-log(u)), u = k 2^-23; its top is u = 1 - m 2^-23.
+  m = np.arange(1, 2**23 + 1)
+  u = (1.0 - m * 2.0**-23).astype(np.float32)
+  low = -np.log(-np.log(np.maximum(u, np.finfo(np.float32).tiny))).astype(np.float64)
+  low_rates = {p: _gumbel_max_rate(p, low, 2.0**-23) / p for p in (1e-6, 1e-7)}
+  assert low_rates[1e-7] < 0.6 and low_rates[1e-6] < 0.95, low_rates
+
+
+def test_float32_inverse_cdf_could_not_draw_some_of_them(heavy_tail):
+  """The replaced draw, replayed in numpy (a sequential float32 sum standing in for XLA's): the
+  first index whose cumulative mass reaches u * total, for u = k 2^-23, k = 1..2^23, the only
+  uniforms it could use. Entries of probability >= 1e-7 that no u selects were never drawn."""
+  logits = np.log(heavy_tail).astype(np.float32)
+  cdf = np.cumsum(np.exp(logits - logits.max()), dtype=np.float32)
+  u = (np.arange(1, 2**23 + 1) * 2.0**-23).astype(np.float32)
+  chosen = np.minimum(np.searchsorted(cdf, u * cdf[-1], side="left"), VOCAB - 1)
+  unreachable = np.ones(VOCAB, bool)
+  unreachable[chosen] = False
+  lost = unreachable & (heavy_tail >= 1e-7)
+  # 395 of the 9,493 entries under 1.2e-7: their mass is under the 2^-23 spacing of the u grid.
+  assert lost.sum() > 200, lost.sum()
+
+
+def test_tail_of_a_151936_token_vocabulary_matches(heavy_tail):
+  """Chi-square over 20 buckets of equal tail mass (the tail sorted by probability, the
+  1e-7..1e-6 entries filling the first one and a quarter) and the head, then a Poisson check of
+  the 1e-7..1e-6 entries alone. 1,536 draws: 200k would take half an hour on this CPU."""
+  draw = jax.jit(lambda x, keys: sample(jnp.broadcast_to(x, (keys.shape[0], VOCAB)), keys,
+                                        SamplingConfig())[0])
+  logits = jnp.asarray(np.log(heavy_tail), jnp.float32)
+  keys = jax.random.split(jax.random.PRNGKey(7), TAIL_DRAWS)
+  tokens = np.concatenate([np.asarray(draw(logits, keys[i:i + 256]))
+                           for i in range(0, TAIL_DRAWS, 256)])
+  tail = np.flatnonzero(heavy_tail < 1e-3)
+  tail = tail[np.argsort(heavy_tail[tail], kind="stable")]
+  mass = heavy_tail[tail]
+  bucket = np.full(VOCAB, 20)  # the head
+  bucket[tail] = ((np.cumsum(mass) - mass / 2) / mass.sum() * 20).astype(int)
+  obs = np.bincount(bucket[tokens], minlength=21)
+  exp = np.bincount(bucket, weights=heavy_tail, minlength=21) * TAIL_DRAWS
+  assert exp.min() > 50
+  assert stats.chisquare(obs, exp).pvalue > 1e-3, (obs, exp.round(1))
+  deep = heavy_tail < 1e-6
+  hits, expected = int(deep[tokens].sum()), float(heavy_tail[deep].sum()) * TAIL_DRAWS
+  tails = stats.poisson.cdf(hits, expected), stats.poisson.sf(hits - 1, expected)
+  assert min(tails) > 5e-4, (hits, expected)
+
+
+def test_filters_on_a_151936_token_vocabulary(heavy_tail):
+  """Top-k and top-p cut real mass; no filtered token is drawn; the log-probs are the sampling
+  distribution's and the untempered model's."""
+  # Top-k keeps 5,000, then top-p about 1,600 of them, down to p ~ 8e-5.
+  cfg = SamplingConfig(1.2, top_k=5000, top_p=0.5)
+  logits = jnp.broadcast_to(jnp.asarray(np.log(heavy_tail), jnp.float32), (128, VOCAB))
+  keys = jax.random.split(jax.random.PRNGKey(8), 128)
+  tokens, logprob, model_logprob = jax.jit(lambda x, k: sample(x, k, cfg))(logits, keys)
+  filtered = np.asarray(filtered_logits(logits[:1], cfg)[0])
+  kept = np.isfinite(filtered)
+  assert 16 < kept.sum() < 5000
+  tokens = np.asarray(tokens)
+  assert kept[tokens].all(), "a filtered-out token was sampled"
+  assert len(np.unique(tokens)) > 50  # the draws spread over the kept tail, not the head alone
+  np.testing.assert_allclose(logprob, jax.nn.log_softmax(filtered)[tokens], rtol=1e-5)
+  np.testing.assert_allclose(model_logprob, np.log(heavy_tail)[tokens], rtol=1e-5)
+
+
+def test_a_tokens_noise_depends_on_its_row_key_and_index_alone():
+  """With partitionable threefry, the bits at index i are threefry of (key, i) for any array
+  length: each device makes its vocabulary shard's noise alone (test_sharding.py decodes on a
+  mesh), and a row's noise is its own."""
+  assert jax.config.jax_threefry_partitionable
+  keys = jax.random.split(jax.random.PRNGKey(1), 3)
+  full = np.asarray(gumbel_noise(keys, VOCAB))
+  np.testing.assert_array_equal(np.asarray(gumbel_noise(keys, 1000)), full[:, :1000])
+  np.testing.assert_array_equal(np.asarray(gumbel_noise(keys[1:2], VOCAB)), full[1:2])
