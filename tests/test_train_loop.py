@@ -128,6 +128,45 @@ def test_a_workdir_that_is_a_file_is_named(tmp_path):
   assert path.read_text() == "x"
 
 
+def test_a_full_disk_mid_run_stops_with_the_last_checkpoint_restorable(tmp_path, monkeypatch):
+  """ENOSPC while writing step 3's checkpoint (simulated: the tests run as root on a disk with
+  room) stops the run with a RunStateError naming the workdir, the error and the newest
+  complete checkpoint; with space again the same command resumes and finishes."""
+  import errno  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.runs.checkpoints import RunCheckpoints  # pylint: disable=g-import-not-at-top
+  real = RunCheckpoints.save
+
+  def full_at_3(self, step, tree, meta):
+    if step == 3:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return real(self, step, tree, meta)
+  monkeypatch.setattr(RunCheckpoints, "save", full_at_3)
+  with pytest.raises(RunStateError, match=rf"{tmp_path} failed at step 3 \(No space left "
+                     r"on device\).*step 2, stays restorable.*resume"):
+    _run(_Toy(), tmp_path)
+  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [1, 2]
+  monkeypatch.setattr(RunCheckpoints, "save", real)
+  out = _run(_Toy(), tmp_path)
+  assert out["step"] == 4 and out["metrics"]["train/loss"] == 4.0
+
+
+def test_a_workdir_that_cannot_be_written_is_named(tmp_path, monkeypatch):
+  """A read-only or full file system at start (simulated through the lock's first write, since
+  root ignores a read-only mode): RunStateError naming the workdir and the fix, nothing
+  written."""
+  import errno  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.runs import lock as lock_lib  # pylint: disable=g-import-not-at-top
+
+  def read_only(*args, **kwargs):
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+  monkeypatch.setattr(lock_lib.os, "open", read_only)
+  with pytest.raises(RunStateError, match=r"Cannot write the workdir .*Read-only file system.*"
+                     r"writable"):
+    _run(_Toy(), tmp_path / "wd")
+  monkeypatch.undo()
+  assert not (tmp_path / "wd" / "checkpoints").exists()
+
+
 def test_metrics_cut_short_by_a_kill_are_read_and_truncated(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text(json.dumps({"step": 1, "a": 1.0}) + "\n" + '{"step": 2, "a"')

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Protocol
@@ -24,7 +25,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from kdknob_jax.errors import NonFiniteError, PreemptedError
+from kdknob_jax.errors import NonFiniteError, PreemptedError, RunStateError
 from kdknob_jax.runs import metrics as metrics_lib
 from kdknob_jax.runs.checkpoints import RunCheckpoints
 from kdknob_jax.runs.lock import WorkdirLock
@@ -129,6 +130,11 @@ def resume(ckpt: RunCheckpoints, writer: metrics_lib.Writer, state, trainer: Tra
   return state.replace(**restored), root, start
 
 
+def _failing() -> bool:
+  """Whether an exception is propagating (closing then must not replace it with its own)."""
+  return sys.exc_info()[0] is not None
+
+
 def run(trainer: Trainer, state, ckpt: RunCheckpoints, settings: LoopSettings, workdir: Path,
         mesh, hparams: Mapping[str, object], progress: bool = True,
         stop_after: int | None = None) -> dict:
@@ -154,7 +160,7 @@ def run(trainer: Trainer, state, ckpt: RunCheckpoints, settings: LoopSettings, w
   state, root, start = resume(ckpt, writer, state, trainer, settings.seed, mesh, hparams)
   bar = tqdm(total=settings.steps, initial=start, desc=trainer.name, unit="step",
              disable=not progress or jax.process_index() != 0)
-  last, done_here = {}, 0
+  last, done_here, at = {}, 0, start
 
   def save(done):
     ckpt.save(done, dict(trainer.saved(state), rng=root),
@@ -164,6 +170,7 @@ def run(trainer: Trainer, state, ckpt: RunCheckpoints, settings: LoopSettings, w
   try:
     with _StopRequest() as stop:
       for step in range(start, settings.steps):
+        at = step + 1
         state, m, aux = trainer.step(state, step, jax.random.fold_in(root, step))
         done = step + 1
         bad = nonfinite(m)
@@ -200,10 +207,19 @@ def run(trainer: Trainer, state, ckpt: RunCheckpoints, settings: LoopSettings, w
               "again to resume.")
         if stop_after is not None and done_here >= stop_after:
           break
+  except OSError as e:  # a full disk, a read-only or vanished workdir, mid-run
+    with contextlib.suppress(Exception):  # the failing writes would only fail again
+      ckpt.close()
+    raise RunStateError(
+        f"Writing to the workdir {workdir} failed at step {at} "
+        f"({e.strerror or e}). The newest complete checkpoint, step {ckpt.latest_step()}, "
+        "stays restorable (a half-written one is never restored). Free space or make the "
+        "workdir writable, then run the same command to resume.") from e
   finally:
     bar.close()
-    ckpt.close()
-    writer.close()
+    with contextlib.suppress(Exception) if _failing() else contextlib.nullcontext():
+      ckpt.close()
+      writer.close()
   if not last:  # the workdir's run had already reached its last step: report where it ended
     rows = metrics_lib.read_jsonl(Path(workdir) / "metrics.jsonl")
     if rows:
