@@ -89,9 +89,10 @@ class _TaskReward:
 class _TargetReward:
   """Summed log-prob of each completion text given its prompt under the target model.
 
-  Follows `kdknob_jax.rl.rewards.text_logprobs`' boundary rules: the prompt is encoded by the
-  target's own `Tokenizer.encode_prompt` (Gemma-3-270M is a base model: plain text with BOS), the
-  completion text without special tokens, plus the target's EOS when the rollout stopped on one.
+  Follows `kdknob_jax.calibration.rewards.text_logprobs`' boundary rules: the prompt is encoded
+  by the target's own `Tokenizer.encode_prompt` (Gemma-3-270M is a base model: plain text with
+  BOS), the completion text without special tokens, plus, when the rollout stopped, the
+  target's end of a turn in that same format (`end_ids`: its EOS for plain text).
   Teacher-forced, one padded batch, no gradient.
   """
 
@@ -101,6 +102,7 @@ class _TargetReward:
     from kdknob_jax.hf import load_tokenizer, resolve  # pylint: disable=g-import-not-at-top
     self.model = _load(TARGET)
     self.tokenizer = load_tokenizer(resolve(TARGET))
+    self.chat = bool(self.tokenizer.chat_template)  # one format for prompt and turn end
     self.teacher_eos = set(teacher_eos_ids)
 
   def __call__(self, prompts, completions, completion_ids, question, **_):
@@ -111,7 +113,8 @@ class _TargetReward:
     rows = []
     for q, c, ids in zip(question, completions, completion_ids):
       stopped = bool(ids) and ids[-1] in self.teacher_eos
-      rows.append((self.tokenizer.encode_prompt(q), target_ids(self.tokenizer, _text(c), stopped)))
+      rows.append((self.tokenizer.encode_prompt(q, chat=self.chat),
+                   target_ids(self.tokenizer, _text(c), stopped, chat=self.chat)))
     # Left padding lines every completion up at the right edge, so the head runs only on the
     # last `keep` positions instead of materializing [N, T, 262k] logits.
     width = max(len(p) + len(c) for p, c in rows)

@@ -1,7 +1,8 @@
 """One step's rollouts, on the host side of the calibration step: sample G completions per
 prompt from the adapted teacher, grade them, score them under the teacher (jitted, on the mesh)
-and their text under the target (its own tokenizer), and combine the group-normalized rewards
-into advantages.
+and their text under the target (its own tokenizer; the sampled ids themselves when the two
+share a vocabulary), and combine the group-normalized rewards into advantages (the scoring
+rules are in `kdknob_jax.calibration.rewards`).
 
 Rows are prompt-major (row r is sample r % G of prompt r // G); N = P·G real rows come first,
 padding rows after them (see `kdknob_jax.train.batch.layout`).
@@ -16,8 +17,8 @@ import numpy as np
 
 from kdknob_jax.calibration import step as step_lib
 from kdknob_jax.calibration.objective import advantage_sensitivity, combine_advantages
-from kdknob_jax.calibration.rewards import text_logprobs
-from kdknob_jax.hf.tokenizer import Tokenizer, completion_ids
+from kdknob_jax.calibration.rewards import ids_logprobs, worst_for_unscored
+from kdknob_jax.hf.tokenizer import Tokenizer, completion_ids, same_vocabulary, uses_chat
 from kdknob_jax.models.lora import adapted
 from kdknob_jax.train import batch as batch_lib
 from kdknob_jax.train.state import settle, to_host
@@ -25,21 +26,48 @@ from kdknob_jax.train.state import settle, to_host
 
 def target_logprobs(target, tokenizer: Tokenizer, prompts: Sequence[str],
                     rollouts: batch_lib.Rollouts, chat: bool | None, rows_per_call: int,
-                    prompt_slots: int = 0, completion_slots: int = 0) -> np.ndarray:
-  """log π_target(y|x) [N] of each completion's text, scored with the target's own tokenizer
-  and prompt format. A completion with no text under that tokenizer (e.g. only special tokens,
-  no stop) scores 0."""
+                    prompt_slots: int = 0, completion_slots: int = 0,
+                    sampled: Sequence[Sequence[int]] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """log π_target(y|x) of each rollout, in the target's own prompt format.
+
+  Args:
+    target: (params, config) of the target.
+    tokenizer: the target's tokenizer.
+    prompts: the step's prompts (`rollouts.prompt_of` indexes them).
+    rollouts: the step's rollouts.
+    chat: the target's prompts through its chat template.
+    rows_per_call, prompt_slots, completion_slots: as in `rewards.text_logprobs`.
+    sampled: [N] the teacher's sampled ids (stop id included) when the target shares its
+      vocabulary: they are scored as they are. None: each completion's text is re-encoded.
+
+  Returns:
+    (float64 [N] log-probs, bool [N] scored): a row with no ids to score (no text under the
+    target's tokenizer and no stop) has log-prob 0 and scored False;
+    `rewards.worst_for_unscored` then keeps its reward from being a bonus.
+  """
   n = len(rollouts.texts)
-  keep = [i for i in range(n)
-          if completion_ids(tokenizer, rollouts.texts[i], bool(rollouts.stopped[i]))]
-  out = np.zeros(n)
+  vocab = target[1].vocab_size
+  prompt_ids = {int(j): tokenizer.encode_prompt(prompts[int(j)], chat=chat)
+                for j in np.unique(rollouts.prompt_of)}
+  chat_of = {j: uses_chat(tokenizer, prompts[j], chat) for j in prompt_ids}
+  seqs, keep = [], []
+  for i in range(n):
+    # An id past the target's embedding (a teacher's padded vocabulary rows) falls back to text.
+    if sampled is not None and sampled[i] and max(sampled[i]) < vocab:
+      ids = list(sampled[i])
+    else:
+      ids = completion_ids(tokenizer, rollouts.texts[i], bool(rollouts.stopped[i]),
+                           chat=chat_of[int(rollouts.prompt_of[i])])
+    if ids:
+      keep.append(i)
+      seqs.append((prompt_ids[int(rollouts.prompt_of[i])], ids))
+  out, scored = np.zeros(n), np.zeros(n, bool)
   if keep:
-    out[keep] = text_logprobs(
-        target, tokenizer, [prompts[int(rollouts.prompt_of[i])] for i in keep],
-        [rollouts.texts[i] for i in keep], [bool(rollouts.stopped[i]) for i in keep],
-        chat=chat, rows_per_call=rows_per_call, prompt_slots=prompt_slots,
-        completion_slots=completion_slots)
-  return out
+    out[keep] = ids_logprobs(target, seqs, rows_per_call=rows_per_call,
+                             prompt_slots=prompt_slots, completion_slots=completion_slots)
+    scored[keep] = True
+  return out, scored
 
 
 def rollout(t, state: step_lib.CalibState, step: int, key: jax.Array):
@@ -82,13 +110,17 @@ def rollout(t, state: step_lib.CalibState, step: int, key: jax.Array):
   else:
     logp_teacher = (to_host(old).astype(np.float64) * host["mask"]).sum(axis=1)[:n]
   if c.lam:
-    logp_target = target_logprobs(
+    sampled = ([gen.row_tokens(r) for r in range(n)]
+               if same_vocabulary(t.teacher_tok, t.target_tok) else None)
+    logp_target, scored = target_logprobs(
         (t.target.params, t.target.config), t.target_tok, prompts, ro, c.target_chat,
-        c.rows_per_call, t.target_prompt_slots, c.max_new_tokens)
+        c.rows_per_call, t.target_prompt_slots, c.max_new_tokens, sampled=sampled)
+    r_cal = worst_for_unscored(logp_target - logp_teacher, scored, c.group_size, c.lam)
+    logp_target = np.where(scored, logp_target, logp_teacher + r_cal)  # implied, for the logs
   else:  # λ = 0: plain task RL, the target is only scored at evaluations
     logp_target = logp_teacher.copy()
+    r_cal = np.zeros(n)
   r_task = correct.astype(np.float64)
-  r_cal = logp_target - logp_teacher
   rewards, weights = {"task": r_task, "cal": r_cal}, {"task": c.task_weight, "cal": c.lam}
   adv = np.asarray(combine_advantages(rewards, weights, c.group_size, c.renormalize))
   sensitivity = advantage_sensitivity(rewards, weights, c.group_size)

@@ -61,12 +61,16 @@ class TeacherSamples:
                       model_logprobs=zeros, stopped=self.stopped[rows],
                       prompt_index=np.repeat(np.arange(len(prompts), dtype=np.int32), n), n=n)
 
-  def retokenized(self, tokenizer, same_tokenizer: bool) -> "TeacherSamples":
+  def retokenized(self, tokenizer, same_tokenizer: bool, chat: bool | None = None
+                  ) -> "TeacherSamples":
     """The samples in the student's tokens: the same ids when the tokenizers agree, else the
-    text re-encoded (a stopped sample ends on the student's EOS)."""
+    text re-encoded; a stopped sample then ends as the student ends a turn (its chat
+    template's end-of-turn token when `chat`, else its EOS: `hf.tokenizer.end_ids`; None: when
+    the student has a template, as its `encode_prompt` does)."""
     if same_tokenizer:
       return self
-    tokens = [completion_ids(tokenizer, t, bool(s)) for t, s in zip(self.texts, self.stopped)]
+    tokens = [completion_ids(tokenizer, t, bool(s), chat=chat)
+              for t, s in zip(self.texts, self.stopped)]
     return dataclasses.replace(self, tokens=tokens)
 
 
