@@ -120,3 +120,36 @@ def test_a_samples_cache_of_other_settings_is_refused(pair_data, tmp_path):
   with pytest.raises(ConfigError, match="other settings.*temperature"):
     distill.run(build(hotter), tmp_path / "two", progress=False)
   assert cache.read_bytes() == before
+
+
+def test_sft_on_the_datas_reference_solutions(pair_data, tmp_path):
+  """teacher = "reference": the student learns each train row's worked solution (GSM8K's
+  `answer` field), which the batch holds token for token, ended as the student ends a turn;
+  a task without worked solutions, or a GKD method, is refused before anything is written."""
+  import json  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.distillation import trainer as distill  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.distillation.reference import reference_samples  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.hf import load_tokenizer  # pylint: disable=g-import-not-at-top
+  teacher, _, data = pair_data
+  rows = [{"question": f"Tom has {a} apples and buys {b}. How many?",
+           "answer": f"He has {a} + {b} = {a + b}.\n#### {a + b}"} for a, b in ((2, 3), (4, 5))]
+  arith = tmp_path / "arith.jsonl"
+  arith.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  c = _config("reference", teacher, arith, "sft", samples_per_prompt=1, steps=1)
+  c.student_keep = "0,2"
+  c.train.task = c.eval.task = "gsm8k"
+  c.max_new_tokens = 32
+  out = distill.run(build(c), tmp_path / "ref", progress=False)
+  assert out["step"] == 1 and out["metrics"]["train/loss"] > 0
+  assert out["metrics"]["train/tokens"] > 2 * 10  # both solutions, not empty rows
+  tok = load_tokenizer(teacher)
+  got = reference_samples(tok, "gsm8k", rows, chat=True)
+  body = tok.encode(rows[0]["answer"], add_special_tokens=False)
+  assert got.tokens[0][:len(body)] == body and len(got.tokens[0]) > len(body)
+  assert got.texts == [r["answer"] for r in rows] and got.stopped.all()
+  with pytest.raises(ConfigError, match="worked solutions"):
+    distill.run(build(_config("reference", teacher, data, "sft", samples_per_prompt=1)),
+                tmp_path / "csqa", progress=False)
+  assert not (tmp_path / "csqa").exists()
+  with pytest.raises(ConfigError, match="'reference'.*sft"):
+    build(_config("reference", teacher, arith, "gkd_fkl"))

@@ -27,14 +27,13 @@ from kdknob_jax.decode import Sampler, SamplingConfig
 from kdknob_jax.decode.engine import batch_divisor
 from kdknob_jax.diagnostics.traps import score_sequences
 from kdknob_jax.hf import load_config, load_model, load_tokenizer
+from kdknob_jax.hf.tokenizer import same_vocabulary
 from kdknob_jax.models import param_axes
 from kdknob_jax.models.lora import adapted, init_lora, lora_axes
 from kdknob_jax.runs.metrics import device_peak_flops
 from kdknob_jax.train import loop
 from kdknob_jax.train.settings import check_positions
 from kdknob_jax.train.state import commit, replicate, settle, shardings_of
-
-_PROBE = "Calibrate 12,345 tokens: naïve café — ∑ ok?"
 
 
 class Calibration:
@@ -52,7 +51,7 @@ class Calibration:
     self.teacher_tok, self.target_tok = load_tokenizer(c.teacher), load_tokenizer(c.target)
     t_cfg, g_cfg = load_config(c.teacher), load_config(c.target)
     self.same_vocab = (t_cfg.vocab_size == g_cfg.vocab_size
-                       and self.teacher_tok.encode(_PROBE) == self.target_tok.encode(_PROBE))
+                       and same_vocabulary(self.teacher_tok, self.target_tok))
     self.lcfg = c.lora.config()
     self.scfg = step_lib.StepConfig.of(c)
     self.optimizer = c.optimizer.make(c.steps * c.inner_updates)  # updates, not steps

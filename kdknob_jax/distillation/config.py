@@ -42,7 +42,8 @@ class DistillConfig(RunSettings):
   """Every distillation setting.
 
   Attributes:
-    teacher: a model name/dir/.gguf, or a calibration workdir.
+    teacher: a model name/dir/.gguf, or a calibration workdir; "reference" (with method
+      "sft") learns the train data's own worked solutions (`distillation.reference`).
     student: a model name/dir/.gguf (its tokenizer must be the teacher's for GKD).
     student_keep: keep only these student layers ("0-14,21-29"); "": all.
     dtype: of both models' weights.
@@ -106,6 +107,9 @@ def check(c: DistillConfig) -> None:
   need(0.0 <= beta <= 1.0, f"config.jsd_beta must be in [0, 1] (or −1), got {c.jsd_beta}.")
   need(not (c.method == "sft" and share > 0), "config.method 'sft' learns from teacher samples "
        "only; on_policy_share must be 0 (use gkd_rkl or set a share with a gkd method).")
+  if c.teacher == "reference":
+    need(c.method == "sft" and c.samples_per_prompt == 1, "config.teacher 'reference' is the "
+         "data's one worked solution per prompt: use method 'sft' with samples_per_prompt 1.")
   need(c.temperature > 0, "config.temperature must be > 0.")
   need(c.samples_per_prompt >= 1, "config.samples_per_prompt must be >= 1.")
   need(c.sample_batch >= 1, "config.sample_batch must be >= 1.")

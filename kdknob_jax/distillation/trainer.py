@@ -20,13 +20,16 @@ import numpy as np
 
 from kdknob_jax import settings as settings_lib
 from kdknob_jax import sharding as sharding_lib
+from kdknob_jax.data import get_task
 from kdknob_jax.decode import Sampler, SamplingConfig
 from kdknob_jax.decode.engine import batch_divisor
 from kdknob_jax.distillation import samples as samples_lib
 from kdknob_jax.distillation.config import DistillConfig
+from kdknob_jax.distillation.reference import REFERENCE, reference_field, reference_samples
 from kdknob_jax.distillation.step import DistillState, LossConfig, make_train_step
 from kdknob_jax.errors import ConfigError
 from kdknob_jax.hf import load_tokenizer
+from kdknob_jax.hf.tokenizer import same_vocabulary
 from kdknob_jax.models import param_axes
 from kdknob_jax.models.lora import adapted, init_lora, lora_axes
 from kdknob_jax.runs import resolve
@@ -35,16 +38,15 @@ from kdknob_jax.train import loop
 from kdknob_jax.train.settings import check_positions
 from kdknob_jax.train.state import commit, replicate, settle, shardings_of
 
-_PROBE = "Distil 12,345 tokens: naïve café — ∑ ok?"
-
 
 def check_tokenizers(config: DistillConfig):
   """(student tokenizer, whether the teacher's is the same); raises for a token-level method
   across two tokenizers. Reads tokenizers only, so it runs before anything is written."""
   student_tok = load_tokenizer(config.student)
+  if config.teacher == REFERENCE:  # the data's solutions, encoded by the student's tokenizer
+    return student_tok, True
   teacher_tok = resolve.load_trained_tokenizer(config.teacher)
-  same = (teacher_tok.vocab_size == student_tok.vocab_size
-          and teacher_tok.encode(_PROBE) == student_tok.encode(_PROBE))
+  same = same_vocabulary(teacher_tok, student_tok)
   if config.method != "sft" and not same:
     raise ConfigError(f"The teacher ({config.teacher}) and the student ({config.student}) have "
                       f"different tokenizers, so token-level losses ({config.method}) have no "
@@ -102,10 +104,13 @@ class Distillation:
     """The run's teacher samples: read from the cache, or sampled once and written there."""
     c = self.config
     path = Path(c.samples_cache) if c.samples_cache else workdir / "teacher_samples.parquet"
+    if c.teacher == REFERENCE:
+      task, records = self.train
+      return reference_samples(self.student_tok, task.name, records, c.chat)
     meta = samples_lib.cache_meta(c, resolve.workdir_step(c.teacher))
     found = samples_lib.read(path, meta)
     if found is not None:
-      return found.retokenized(self.student_tok, self.same_tokenizer)
+      return found.retokenized(self.student_tok, self.same_tokenizer, chat=c.chat)
     if self.teacher is None:
       self.teacher, _ = resolve.load_trained(c.teacher, c.dtype, self.mesh, self.rules)
     task, records = self.train
@@ -114,7 +119,7 @@ class Distillation:
     out = samples_lib.sample(self.teacher.params, self.teacher.config, teacher_tok, prompts, c,
                              mesh=self.mesh, rules=self.rules, progress=progress)
     samples_lib.write(path, out, meta)
-    return out.retokenized(self.student_tok, self.same_tokenizer)
+    return out.retokenized(self.student_tok, self.same_tokenizer, chat=c.chat)
 
   def initial_state(self) -> DistillState:
     """Step 0: the student's weights (or zero-init adapters over them), committed to the mesh;
@@ -215,6 +220,8 @@ def run(config: DistillConfig, workdir: str | Path, progress: bool = True,
   workdir = Path(workdir)
   student_tok, same = check_tokenizers(config)
   config.train.load(), config.eval.load()  # bad data fails before the workdir is bound
+  if config.teacher == REFERENCE:
+    reference_field(get_task(config.train.task).name)
   with loop.open_workdir(workdir, config.identity(), config.keep_checkpoints) as ckpt:
     trainer = Distillation(config, student_tok, same)
     if trainer.share < 1.0:
