@@ -1,7 +1,12 @@
-"""Sampling draws from the right distribution: chi-square tests against the exact softmax, and
-the tail of a Qwen-sized vocabulary, where a float32 inverse CDF could not draw some entries."""
+"""Sampling draws from the right distribution: chi-square tests against the exact softmax, the
+tail of a Qwen-sized vocabulary, where a float32 inverse CDF could not draw some entries, both
+levels of the two-level Gumbel-max draw, and a vocabulary split over simulated devices."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,13 +16,15 @@ from scipy import stats
 
 from conftest import random_ids
 from kdknob_jax.decode import Sampler, SamplingConfig, filtered_logits, sample
-from kdknob_jax.decode.sampling import gumbel_from_bits, gumbel_noise
+from kdknob_jax.decode.sampling import (block_log_masses, block_size, gumbel_from_bits,
+                                        gumbel_noise)
 from kdknob_jax.hf import load_model
 from kdknob_jax.models import forward
 
+HERE = Path(__file__).parent
 DRAWS = 12_000
 VOCAB = 151_936  # Qwen's
-TAIL_DRAWS = 1536  # rows of the full vocabulary: about 7 s on 2 idle CPU cores
+TAIL_DRAWS = 16_384  # rows of the full vocabulary: about 5 s on 2 shared CPU cores
 
 
 @pytest.fixture(scope="module")
@@ -88,39 +95,54 @@ def heavy_tail():
 
 
 def _gumbel_max_rate(p: float, noise_top: np.ndarray, atom: float) -> float:
-  """How often Gumbel-max draws a token of probability p, given its noise's top values.
+  """How often Gumbel-max picks an outcome of probability p, given its noise's top values.
 
-  The token wins iff log p + g > M, where M, the max of the other tokens' perturbed log-probs,
-  is Gumbel with location log(1 - p). So the rate is E[exp(-(1 - p) e^-g / p)] over the noise
-  g: exactly p for exact Gumbel noise, whatever the vocabulary. The other tokens' noise is
-  taken as exact, since their max lies in the bulk, where the bits are finely spaced.
+  The outcome wins iff log p + g > M, where M, the max of the other outcomes' perturbed
+  log-probs, is Gumbel with location log(1 - p). So the rate is E[exp(-c e^-g)], c = (1 - p) / p,
+  over the noise g: exactly p for exact Gumbel noise, however the rest of the mass is split.
+  The others' noise is taken as exact, since their max lies in the bulk, where the bits are
+  finely spaced; so is this outcome's noise past its top values: with g = -log(-log(1 - u)),
+  the bit patterns past u0 = len(noise_top) * atom add the integral of (1 - u)^c over [u0, 1].
 
   Args:
-    p: the token's probability.
-    noise_top: float64, the noise's largest values in decreasing order, one per bit pattern
-      (terms past them must be negligible).
+    p: the outcome's probability.
+    noise_top: float64, the noise's largest values in decreasing order, one per bit pattern.
     atom: the probability of each bit pattern.
   """
-  return float(np.sum(np.exp(-(1.0 - p) / p * np.exp(-noise_top))) * atom)
+  c = (1.0 - p) / p
+  bulk = (1.0 - noise_top.size * atom) ** (c + 1.0) / (c + 1.0)
+  return float(np.sum(np.exp(-c * np.exp(-noise_top))) * atom + bulk)
 
 
 def test_every_token_down_to_1e_7_is_drawn_at_its_probability():
-  """The sampler's own float32 noise at every bit pattern that matters gives rates within 1e-5
-  of p for p in 1e-5..1e-7 (and within 1% at 1e-9): a token's rate depends on its probability
-  alone, so this holds for each entry of a 151,936-token vocabulary. The 23-bit uniforms of
-  jax.random.gumbel's default, replayed in numpy, draw a 1e-7 token at about half its rate."""
+  """The sampler's own float32 noise at every bit pattern that matters gives one-level rates
+  within 1e-5 of p for p in 1e-5..1e-7 (and within 1% at 1e-9): a token's rate depends on its
+  probability alone. The two-level draw picks a block of share P of the row's mass at rate
+  r(P), then the token, share p / P of its block, at rate r(p / P), with independent noise:
+  for every split the product is within 2e-5 of p, so this holds for each entry of a
+  151,936-token vocabulary wherever it lies. The 23-bit uniforms of jax.random.gumbel's
+  default, replayed in numpy, draw a 1e-7 token at about half its rate."""
   probs = (1e-5, 1e-6, 1e-7, 1e-9)
-  # Past bit pattern n, the exponential -log(1 - u) exceeds 40 p / (1 - p): terms below e^-40.
+  # Past bit pattern n, the exponential -log(1 - u) exceeds 40 p / (1 - p): terms below e^-40
+  # for p <= 1e-5, and the bulk term covers the rest for the larger shares.
   n = int(np.ceil(40.0 * max(probs) * 2.0**32))
   noise = jax.jit(gumbel_from_bits)
   top = np.asarray(noise(jnp.arange(n, dtype=jnp.uint32)), np.float64)
   coarse = np.asarray(noise(jnp.asarray(np.arange(0, 2**32, 4099, dtype=np.uint64), jnp.uint32)))
   assert np.all(np.diff(top) <= 0) and np.all(np.diff(coarse) <= 0), "noise must not increase"
   assert np.isfinite(coarse).all() and abs(top[0] - 33 * np.log(2)) < 1e-5
-  rates = {p: _gumbel_max_rate(p, top, 2.0**-32) / p for p in probs}
+  def rate(q):
+    return _gumbel_max_rate(q, top, 2.0**-32)
+  rates = {p: rate(p) / p for p in probs}
   for p in probs[:3]:
     assert abs(rates[p] - 1.0) < 1e-5, rates
   assert abs(rates[1e-9] - 1.0) < 0.01, rates
+  assert abs(rate(1.0) - 1.0) < 1e-12  # a block holding all the mass is always chosen
+  for p in probs:
+    # The block's share: the token alone, the geometric means, a large and the whole mass.
+    for share in (p, p**0.75, p**0.5, 1e-2, 0.5, 1.0):
+      two = rate(share) * rate(p / share) / p
+      assert abs(two - 1.0) < (2e-5 if p >= 1e-7 else 0.02), (p, share, two)
 
   # jax.random.gumbel(mode="low"): -log(-log(u)), u = k 2^-23; its top is u = 1 - m 2^-23.
   m = np.arange(1, 2**23 + 1)
@@ -143,12 +165,23 @@ def test_float32_inverse_cdf_could_not_draw_some_of_them(heavy_tail):
   lost = unreachable & (heavy_tail >= 1e-7)
   # 395 of the 9,493 entries under 1.2e-7: their mass is under the 2^-23 spacing of the u grid.
   assert lost.sum() > 200, lost.sum()
+  # The two-level draw reaches each of them, in the blocks `sample` cuts: its block's log-mass
+  # lies within the noise's range (largest minus smallest value) of every other block's, and
+  # its logit within that range of its block's max, so some noise at each level makes it win.
+  # (Its rate, p to 2e-5, is the test above; the next test draws the tail in bulk.)
+  spread = float(gumbel_from_bits(jnp.uint32(0)) - gumbel_from_bits(jnp.uint32(2**32 - 1)))
+  s = block_size(VOCAB)
+  x_bns, log_mass_bn, _ = block_log_masses(jnp.asarray(logits)[None], s)
+  log_mass, block_max = np.asarray(log_mass_bn[0]), np.asarray(jnp.max(x_bns[0], axis=-1))
+  block = np.flatnonzero(lost) // s
+  assert np.all(log_mass[block] > log_mass.max() - spread)
+  assert np.all(logits[lost] > block_max[block] - spread)
 
 
 def test_tail_of_a_151936_token_vocabulary_matches(heavy_tail):
-  """Chi-square over 20 buckets of equal tail mass (the tail sorted by probability, the
-  1e-7..1e-6 entries filling the first one and a quarter) and the head, then a Poisson check of
-  the 1e-7..1e-6 entries alone. 1,536 draws: 200k would take half an hour on this CPU."""
+  """`sample` itself: chi-square over 20 buckets of equal tail mass (the tail sorted by
+  probability, the 1e-7..1e-6 entries filling the first one and a quarter) and the head, then
+  a Poisson check of the 1e-7..1e-6 entries alone (about 800 expected hits)."""
   draw = jax.jit(lambda x, keys: sample(jnp.broadcast_to(x, (keys.shape[0], VOCAB)), keys,
                                         SamplingConfig())[0])
   logits = jnp.asarray(np.log(heavy_tail), jnp.float32)
@@ -188,10 +221,81 @@ def test_filters_on_a_151936_token_vocabulary(heavy_tail):
   np.testing.assert_allclose(model_logprob, np.log(heavy_tail)[tokens], rtol=1e-5)
 
 
+def test_both_levels_with_padding_and_empty_blocks():
+  """`sample` on 1,000 tokens (32 blocks of 32, the last 8 tokens and 24 of padding), with whole
+  blocks and single tokens filtered out: the blocks' frequencies and each token's, by chi-square against the
+  exact softmax; no filtered token or padding drawn; the log-probs of the draw."""
+  v, draws = 1000, 60_000
+  assert block_size(v) == 32  # 1,000 = 8 x 125, too coarse a split: padded to 1,024
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal(v)
+  x[:64] += 2.5  # the head: two blocks with most of the mass
+  x[96:256] = -np.inf  # five empty blocks
+  x[rng.choice(v, 60, replace=False)] = -np.inf
+  logits = jnp.asarray(x, jnp.float32)
+  step = jax.jit(lambda k: sample(jnp.broadcast_to(logits, (k.shape[0], v)), k,
+                                  SamplingConfig(0.8)))
+  keys = jax.random.split(jax.random.PRNGKey(11), draws)
+  out = [step(keys[i:i + 10_000]) for i in range(0, draws, 10_000)]
+  tokens, logprob, model_logprob = (np.concatenate([np.asarray(o[i]) for o in out])
+                                    for i in range(3))
+  exact = np.asarray(jax.nn.softmax(logits / 0.8), np.float64)
+  kept = exact > 0
+  assert tokens.max() < v and kept[tokens].all(), "a filtered-out token or the padding was drawn"
+  counts = np.bincount(tokens, minlength=v)
+  block_exp = np.bincount(np.arange(v) // 32, weights=exact) * draws
+  block_obs = np.bincount(tokens // 32, minlength=block_exp.size)
+  live = block_exp > 0
+  block_exp = block_exp[live] * draws / block_exp[live].sum()
+  assert stats.chisquare(block_obs[live], block_exp).pvalue > 1e-3
+  # Tokens in increasing probability, pooled into runs of about 10 expected draws or more.
+  order = np.argsort(exact[kept])
+  exp_k, obs_k = exact[kept][order] * draws, counts[kept][order]
+  run = np.unique((np.cumsum(exp_k) - exp_k) // 10.0, return_inverse=True)[1]
+  exp_bins, obs_bins = np.bincount(run, weights=exp_k), np.bincount(run, weights=obs_k)
+  assert exp_bins.min() >= 5 and len(exp_bins) > 200, (exp_bins.min(), len(exp_bins))
+  assert stats.chisquare(obs_bins, exp_bins * draws / exp_bins.sum()).pvalue > 1e-3
+  np.testing.assert_allclose(logprob, np.log(exact[tokens]), atol=2e-6, rtol=0)
+  np.testing.assert_allclose(model_logprob, jax.nn.log_softmax(logits)[tokens], atol=2e-6)
+
+
+def test_a_rows_draw_never_depends_on_its_batch_mates():
+  """Both levels' noise comes from the row's key alone, so a row drawn alone or among others
+  (of other logits) gets the same token."""
+  rng = np.random.default_rng(5)
+  logits = jnp.asarray(rng.standard_normal((6, VOCAB)) * 3.0, jnp.float32)
+  keys = jax.random.split(jax.random.PRNGKey(2), 6)
+  draw = jax.jit(lambda x, k: sample(x, k, SamplingConfig())[0])
+  together = np.asarray(draw(logits, keys))
+  for r in (0, 4):
+    np.testing.assert_array_equal(np.asarray(draw(logits[r:r + 1], keys[r:r + 1])),
+                                  together[r:r + 1])
+  swapped = np.asarray(draw(logits[::-1], keys[::-1]))
+  np.testing.assert_array_equal(swapped, together[::-1])
+
+
+def test_block_sizes_tile_the_paper_vocabularies():
+  """Qwen's, SmolLM2's, Llama 3's and Gemma 3's vocabularies split into a power-of-two count of
+  whole blocks, so a vocabulary sharded over 2, 4 or 8 devices splits between blocks."""
+  for vocab, blocks in ((151_936, 128), (49_152, 128), (128_256, 256), (262_144, 512),
+                        (256, 16)):
+    assert vocab % block_size(vocab) == 0 and vocab // block_size(vocab) == blocks, vocab
+
+
+def test_vocabulary_sharded_over_4_devices_draws_one_devices_tokens():
+  """[16, 151,936] logits on 8 simulated devices (rows over 2, the vocabulary over 4): the same
+  tokens as one device for 256 draws, at T = 1 and filtered, on spread and on nearly flat
+  logits; also 64 draws of a padded 50,260-token vocabulary. A child process: the simulated
+  devices need their own."""
+  proc = subprocess.run([sys.executable, str(HERE / "_sampling_mesh_child.py")],
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert "SAMPLING_MESH_OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
 def test_a_tokens_noise_depends_on_its_row_key_and_index_alone():
   """With partitionable threefry, the bits at index i are threefry of (key, i) for any array
-  length: each device makes its vocabulary shard's noise alone (test_sharding.py decodes on a
-  mesh), and a row's noise is its own."""
+  length: the noise of either level depends neither on how long the array is nor on the row's
+  batch mates (and JAX's random values never depend on sharding)."""
   assert jax.config.jax_threefry_partitionable
   keys = jax.random.split(jax.random.PRNGKey(1), 3)
   full = np.asarray(gumbel_noise(keys, VOCAB))
