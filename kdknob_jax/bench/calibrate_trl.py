@@ -8,6 +8,7 @@ a reward that scores every completion with the embedded Gemma-3-270M, so both si
 same target-model forward passes. Only this module's functions import torch, TRL and peft.
 
 TRL 1.16 choices made explicit here (its defaults differ from the plain GRPO objective):
+`use_bias_correction_kl=False` (its default scales the k3 anchor by the ratio);
 `loss_type="grpo"` (its default "dapo" normalizes by the batch's token count; "grpo" is the mean
 over each sequence's tokens, then over sequences, our "sequence_mean"); `bf16=False` and
 `gradient_checkpointing=False` (TRL's config turns both on by default); `scale_rewards="group"`
@@ -232,6 +233,9 @@ def trl_step_seconds(prompts: list[str], *, rank: int, alpha: float, group_size:
         top_k=0,
         top_p=1.0,
         beta=beta,
+        # TRL's default multiplies the k3 term by the ratio, which adds KL·∇log π to the
+        # gradient; our anchor is the plain k3 (`compare steps` measures the difference).
+        use_bias_correction_kl=False,
         loss_type="grpo",
         learning_rate=2e-5,
         lr_scheduler_type="constant",
