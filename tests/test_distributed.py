@@ -83,9 +83,12 @@ def test_two_cpu_processes_sum_across_processes(how):
     outs = [(out, err + "\n--- first attempt ---\n" + first) for out, err in outs]
   results = []
   for p, (out, err) in zip(procs, outs):
-    lines = [l for l in out.splitlines() if l.startswith("RESULT ")]
+    # gloo's C++ logging shares stdout and may split a line around ours ("[Gloo] Rank
+    # RESULT {...}"), so the result is found anywhere in a line, not only at its start.
+    lines = [l[l.index("RESULT "):] for l in out.splitlines() if "RESULT " in l]
     assert p.returncode == 0 and lines, f"rc={p.returncode}\n{out[-2000:]}\n{err[-4000:]}"
-    results.append(json.loads(lines[-1][len("RESULT "):]))
+    # raw_decode stops at the object's end: gloo may write on after it on the same line.
+    results.append(json.JSONDecoder().raw_decode(lines[-1][len("RESULT "):])[0])
   # Rows 0..3 from process 0 and 10..13 from process 1: 6 + 46.
   assert [r["sum"] for r in results] == [52, 52], results
   assert [r["process_index"] for r in results] == [0, 1]
