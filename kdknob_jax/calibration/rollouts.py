@@ -18,7 +18,7 @@ import numpy as np
 from kdknob_jax.calibration import step as step_lib
 from kdknob_jax.calibration.objective import advantage_sensitivity, combine_advantages
 from kdknob_jax.calibration.rewards import ids_logprobs, worst_for_unscored
-from kdknob_jax.hf.tokenizer import Tokenizer, completion_ids, same_vocabulary, uses_chat
+from kdknob_jax.hf.tokenizer import Tokenizer, completion_ids, uses_chat
 from kdknob_jax.models.lora import adapted
 from kdknob_jax.train import batch as batch_lib
 from kdknob_jax.train.state import settle, to_host
@@ -110,8 +110,7 @@ def rollout(t, state: step_lib.CalibState, step: int, key: jax.Array):
   else:
     logp_teacher = (to_host(old).astype(np.float64) * host["mask"]).sum(axis=1)[:n]
   if c.lam:
-    sampled = ([gen.row_tokens(r) for r in range(n)]
-               if same_vocabulary(t.teacher_tok, t.target_tok) else None)
+    sampled = [gen.row_tokens(r) for r in range(n)] if t.same_ids else None
     logp_target, scored = target_logprobs(
         (t.target.params, t.target.config), t.target_tok, prompts, ro, c.target_chat,
         c.rows_per_call, t.target_prompt_slots, c.max_new_tokens, sampled=sampled)

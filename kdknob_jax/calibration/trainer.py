@@ -50,8 +50,10 @@ class Calibration:
     self.rules = tuple(tuple(r) for r in c.rules) or sharding_lib.DEFAULT_RULES
     self.teacher_tok, self.target_tok = load_tokenizer(c.teacher), load_tokenizer(c.target)
     t_cfg, g_cfg = load_config(c.teacher), load_config(c.target)
-    self.same_vocab = (t_cfg.vocab_size == g_cfg.vocab_size
-                       and same_vocabulary(self.teacher_tok, self.target_tok))
+    # Shared ids: the target scores the teacher's sampled ids (rows past its embedding fall
+    # back to text). Shared vocabulary rows too: token-level trap metrics compare the heads.
+    self.same_ids = same_vocabulary(self.teacher_tok, self.target_tok)
+    self.same_vocab = t_cfg.vocab_size == g_cfg.vocab_size and self.same_ids
     self.lcfg = c.lora.config()
     self.scfg = step_lib.StepConfig.of(c)
     self.optimizer = c.optimizer.make(c.steps * c.inner_updates)  # updates, not steps

@@ -208,8 +208,6 @@ def run(trainer: Trainer, state, ckpt: RunCheckpoints, settings: LoopSettings, w
         if stop_after is not None and done_here >= stop_after:
           break
   except OSError as e:  # a full disk, a read-only or vanished workdir, mid-run
-    with contextlib.suppress(Exception):  # the failing writes would only fail again
-      ckpt.close()
     raise RunStateError(
         f"Writing to the workdir {workdir} failed at step {at} "
         f"({e.strerror or e}). The newest complete checkpoint, step {ckpt.latest_step()}, "
@@ -217,6 +215,7 @@ def run(trainer: Trainer, state, ckpt: RunCheckpoints, settings: LoopSettings, w
         "workdir writable, then run the same command to resume.") from e
   finally:
     bar.close()
+    # Under an error the closing writes would only fail again and hide it.
     with contextlib.suppress(Exception) if _failing() else contextlib.nullcontext():
       ckpt.close()
       writer.close()
