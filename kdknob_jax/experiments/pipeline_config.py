@@ -119,11 +119,9 @@ def paper_pipeline(teacher: str, target: str, student: str, arg: str | None = No
   sampling = dict(limit=0, n=16, ks="1,16", max_new_tokens=512, temperature=0.7)
   c.evaluation.update(task="gsm8k", source="gsm8k/test.jsonl", **sampling)
   if "full" in args:
-    extra = []
-    for name, task, source in PAPER_EVALUATIONS:
-      e = dataclasses.replace(EvaluationSettings(), name=name, task=task, source=source)
-      extra.append(dict(settings_lib.as_dict(e), **sampling))
-    c.extra_evaluations = extra
+    # unnamed settings take EvaluationSettings' defaults when the config is built
+    c.extra_evaluations = [dict(name=name, task=task, source=source, **sampling)
+                           for name, task, source in PAPER_EVALUATIONS]
   return c
 
 
