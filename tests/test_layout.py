@@ -20,7 +20,7 @@ RANKS = {
     "calibration": 5, "distillation": 5,
     "experiments": 6, "planning": 6,
     "cli": 7, "plan": 7, "calibrate": 7, "distill": 7, "pipeline": 7, "pilot": 7, "evaluate": 7,
-    "export": 7, "generate": 7, "compare": 7, "bench": 7, "__init__": 7,
+    "export": 7, "generate": 7, "compare": 7, "bench": 7, "knob": 7, "__init__": 7,
 }
 # Peers that must not import each other (siblings of one layer with separate concerns).
 INDEPENDENT = [("calibration", "distillation")]

@@ -27,7 +27,8 @@ PRESETS = {"sft": (0.0, 0.0), "gkd_fkl": (0.0, 0.0), "gkd_rkl": (1.0, 1.0)}
 
 IDENTITY_KEYS = ("teacher", "student", "student_keep", "dtype", "method", "on_policy_share",
                  "jsd_beta", "temperature", "top_k", "top_p", "samples_per_prompt",
-                 "prompts_per_step", "max_new_tokens", "chat", "lora", "optimizer", "train", "seed")
+                 "prompts_per_step", "max_new_tokens", "chat", "lora", "optimizer", "train", "seed",
+                 "filter_correct")
 
 EMBEDDED_TEACHER = "smollm2-135m-instruct"
 # The embedded student: SmolLM2-135M-Instruct without its layers 15..20 (24 of 30 kept). It
@@ -56,6 +57,9 @@ class DistillConfig(RunSettings):
     lora: the student's adapters (rank 0: full fine-tuning); optimizer: their optimizer.
     samples_cache: the teacher samples (Parquet); "": <workdir>/teacher_samples.parquet.
     sample_batch: prompts per decoder call while caching teacher samples.
+    filter_correct: SFT on only the teacher samples the train task's verifier marks correct
+      (rejection sampling: the filtering attacker of an undistillable teacher); prompts
+      without a correct sample are skipped.
     The data splits, the loop's cadences, chunk, mesh and rules are `RunSettings`'.
   """
   teacher: str = ""
@@ -76,6 +80,7 @@ class DistillConfig(RunSettings):
   optimizer: OptimizerSettings = OptimizerSettings(lr=1e-5)
   samples_cache: str = ""
   sample_batch: int = 64
+  filter_correct: bool = False
 
   @property
   def knobs(self) -> tuple[float, float]:
@@ -110,6 +115,9 @@ def check(c: DistillConfig) -> None:
   if c.teacher == "reference":
     need(c.method == "sft" and c.samples_per_prompt == 1, "config.teacher 'reference' is the "
          "data's one worked solution per prompt: use method 'sft' with samples_per_prompt 1.")
+  need(not c.filter_correct or (c.method == "sft" and c.samples_per_prompt == 1),
+       "config.filter_correct keeps the correct teacher samples for SFT: use method 'sft' "
+       "with samples_per_prompt 1.")
   need(c.temperature > 0, "config.temperature must be > 0.")
   need(c.samples_per_prompt >= 1, "config.samples_per_prompt must be >= 1.")
   need(c.sample_batch >= 1, "config.sample_batch must be >= 1.")

@@ -98,6 +98,7 @@ class Distillation:
     self.eval_sampler = Sampler.for_tokenizer(self.student.config, student_tok, mesh=self.mesh,
                                               rules=self.rules)
     self.cache = None
+    self.keep = None  # train rows with a correct teacher sample (filter_correct)
     self.train_step = None
 
   def teacher_samples(self, workdir: Path, progress: bool) -> samples_lib.TeacherSamples:
@@ -157,7 +158,10 @@ class Distillation:
   def _batch(self, state: DistillState, step: int, key: jax.Array) -> tuple[dict, dict]:
     """The device batch of `step` and host info (on-policy flag, lengths)."""
     c = self.config
-    idx = batch_lib.data_indices(step, c.prompts_per_step, len(self.prompt_ids), c.seed)
+    if self.keep is None:
+      idx = batch_lib.data_indices(step, c.prompts_per_step, len(self.prompt_ids), c.seed)
+    else:
+      idx = self.keep[batch_lib.data_indices(step, c.prompts_per_step, len(self.keep), c.seed)]
     ids = [self.prompt_ids[int(i)] for i in idx]
     on_policy = on_policy_at(c, step)
     if on_policy:
@@ -204,6 +208,21 @@ class Distillation:
     return {"loss": f"{m['train/loss']:.3g}"}
 
 
+def correct_rows(samples: samples_lib.TeacherSamples, task, records) -> np.ndarray:
+  """The train rows whose (one) teacher sample the task's verifier marks correct.
+
+  Raises:
+    ConfigError: no sample is correct, so a filtered run has nothing to learn from.
+  """
+  keep = np.array([i for i, r in enumerate(records) if task.is_correct(samples.texts[i], r)],
+                  np.int64)
+  if keep.size == 0:
+    raise ConfigError(f"config.filter_correct: none of the teacher's {len(records)} samples is "
+                      "correct, so nothing is left to learn from. Use more train prompts "
+                      "(config.train.limit) or turn the filter off.")
+  return keep
+
+
 def run(config: DistillConfig, workdir: str | Path, progress: bool = True,
         stop_after: int | None = None) -> dict:
   """Runs (or resumes) a distillation in `workdir`.
@@ -228,6 +247,8 @@ def run(config: DistillConfig, workdir: str | Path, progress: bool = True,
       trainer.cache = trainer.teacher_samples(workdir, progress)
       if config.method == "sft":
         trainer.teacher = None  # SFT needs only the samples: free the teacher's memory
+      if config.filter_correct:
+        trainer.keep = correct_rows(trainer.cache, *trainer.train)
     state = trainer.initial_state()
     return loop.run(trainer, state, ckpt, config.loop(), workdir, trainer.mesh,
                     settings_lib.flat(config), progress=progress, stop_after=stop_after)

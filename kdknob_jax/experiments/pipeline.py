@@ -86,23 +86,23 @@ def _eval_settings(e: EvaluationSettings) -> dict:
   return json.loads(json.dumps(settings_lib.as_dict(e)))
 
 
-def evaluate_model(c: PipelineConfig, e: EvaluationSettings, spec: str, out: Path, label: str,
-                   progress: bool) -> dict:
-  """Evaluates one model on `e` into `out`, or reads the result of an identical earlier
-  evaluation."""
+def evaluate_model(e: EvaluationSettings, spec: str, out: Path, label: str, progress: bool,
+                   dtype: str, max_new_tokens: int) -> dict:
+  """Evaluates one model (any spec `resolve.load_trained` takes) on `e` into `out`, or reads the
+  result of an identical earlier evaluation; `max_new_tokens` applies when `e` sets none."""
   from kdknob_jax.evals import evaluate, write_report  # pylint: disable=g-import-not-at-top
   from kdknob_jax.evals.report import read_metrics  # pylint: disable=g-import-not-at-top
   settings = dict(_eval_settings(e), model=str(spec), model_step=resolve.workdir_step(spec),
-                  dtype=c.dtype)
+                  dtype=dtype)
   if (out / "metrics.json").is_file():
     saved = read_metrics(out)
     if saved.get("config", {}).get("pipeline") == settings:
       return saved["metrics"]
   task, records = e.load()
-  model, tok = resolve.load_trained(spec, c.dtype)
+  model, tok = resolve.load_trained(spec, dtype)
   ks = tuple(int(k) for k in str(e.ks).split(","))
   result = evaluate(model.params, model.config, tok, task, records, n=e.n, ks=ks,
-                    max_new_tokens=e.max_new_tokens or c.distill.max_new_tokens,
+                    max_new_tokens=e.max_new_tokens or max_new_tokens,
                     temperature=e.temperature, top_k=e.top_k, top_p=e.top_p, greedy=e.greedy,
                     chat=e.chat, seed=e.seed, prompts_per_call=e.prompts_per_call,
                     progress=progress)
@@ -147,7 +147,8 @@ def run(c: PipelineConfig, workdir: str | Path, progress: bool = True) -> dict:
     results = {}
     for row, spec in models.items():
       _say(progress, f"evaluating {row} on {e.label}")
-      results[row] = evaluate_model(c, e, spec, wd / f"eval{suffix}" / row, row, progress)
+      results[row] = evaluate_model(e, spec, wd / f"eval{suffix}" / row, row, progress, c.dtype,
+                                    c.distill.max_new_tokens)
     tab = table_lib.build(results, e, time.perf_counter() - t0)
     tables.append(tab)
     if distributed.is_main():

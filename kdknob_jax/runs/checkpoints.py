@@ -28,7 +28,8 @@ def _describe(diff: Mapping[str, tuple[Any, Any]]) -> str:
 # Settings added to run identities after workdirs with them absent were written, each with the
 # value that reproduces how those runs behaved: an older run.json reads as if it held them, so
 # its checkpoints resume (a run that sets another value is still refused).
-ADDED_SETTINGS = {("optimizer", "schedule"): "constant", ("loss_temperature",): "model"}
+ADDED_SETTINGS = {("optimizer", "schedule"): "constant", ("loss_temperature",): "model",
+                  ("filter_correct",): False}
 
 
 def with_added_settings(saved: dict) -> dict:

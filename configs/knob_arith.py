@@ -1,0 +1,82 @@
+"""The knob study on this machine's scale (issue 16; README, "The knob, shown").
+
+Testbed: SmolLM2-135M-Instruct fine-tuned on the built-in three-step arithmetic word problems
+(`builtin:arith`, GSM8K's format and grader) is the original teacher. The evaluated student is
+that teacher with layers 15–20 cut out (24 of 30 kept: a derived model, so that GKD and the
+token-level traps share its vocabulary); the calibration target is a proxy, a smaller cut
+(21 layers: 13–21 dropped), not the student. One extra calibration targets Gemma-3-270M, whose
+tokenizer differs. λ ∈ {−1, 0, +1} × seeds {0, 1}; λ = 0 is the control (the same RL with the
+calibration reward off).
+
+  python -m kdknob_jax.knob --config configs/knob_arith.py --workdir out/knob
+
+Arguments: ":smoke" shrinks every stage to a step or two (the test suite runs it); ":demo" is
+the short calibration `make demo` runs (one λ, one seed, no students).
+"""
+
+from kdknob_jax.experiments.knob_config import base_config
+
+_TRAIN = dict(task="gsm8k", source="builtin:arith/train.jsonl", split="", offset=0, limit=0)
+# A development slice of the test split (questions 400–431) for the runs' own progress
+# evaluations; Table 2 is measured on questions 0–63, which no run decision looked at.
+_DEV = dict(task="gsm8k", source="builtin:arith/test.jsonl", split="", offset=400, limit=32,
+            max_new_tokens=0)
+
+
+def get_config(arg: str | None = None):
+  """The study's config; `arg` "smoke" or "demo" (see the module docstring)."""
+  if arg not in (None, "", "smoke", "demo"):
+    raise ValueError(f"Unknown argument {arg!r}; use ':smoke', ':demo' or none.")
+  smoke = arg == "smoke"
+  c = base_config()
+  c.student_keep, c.target_keep = "0-14,21-29", "0-12,22-29"
+  c.cross_target, c.cross_lam = "gemma3-270m", -1.0
+  c.lams, c.seeds, c.gkd_seeds = "-1,0,1", "0,1", "0"
+  mesh = dict(data=1, fsdp=-1, tensor=1)
+
+  t = c.teacher_sft
+  t.train.update(_TRAIN)
+  t.eval.update(_DEV)
+  t.update(dtype="float32", max_new_tokens=80, prompts_per_step=8, steps=150, eval_every=50,
+           checkpoint_every=25, chat=True, mesh=mesh)
+  t.optimizer.update(lr=1e-4, warmup_steps=10, schedule="cosine")
+
+  k = c.calibrate
+  k.train.update(_TRAIN)
+  k.eval.update(_DEV)
+  k.update(dtype="float32", group_size=4, prompts_per_step=4, max_new_tokens=80, steps=24,
+           eval_every=12, checkpoint_every=8, chat=True, target_chat=True, rows_per_call=16,
+           mesh=mesh)
+  k.lora.update(rank=16, alpha=32.0)
+  k.optimizer.update(lr=2e-4, warmup_steps=2)
+
+  d = c.distill
+  d.train.update(_TRAIN, limit=240)  # the prompts of 30 steps × 8: one sample each, cached
+  d.eval.update(_DEV)
+  d.update(dtype="float32", samples_per_prompt=1, prompts_per_step=8, max_new_tokens=80,
+           steps=30, eval_every=0, checkpoint_every=10, chat=True, temperature=1.0,
+           mesh=mesh)
+  d.optimizer.update(lr=1e-4, warmup_steps=2)
+
+  c.evaluation.update(name="arith", task="gsm8k", source="builtin:arith/test.jsonl", offset=0,
+                      limit=64, n=8, ks="1,8", max_new_tokens=80, temperature=0.7, greedy=False,
+                      chat=True, seed=0, prompts_per_call=32)
+  c.trap_questions, c.trap_rollouts = 32, 4
+
+  if arg == "demo":
+    c.lams, c.seeds, c.gkd_seeds, c.cross_target = "-1,0", "0", "", ""
+    c.student_methods, c.attacker = "sft", False
+  if smoke:
+    t.update(steps=2, eval_every=0, checkpoint_every=1, max_new_tokens=8)
+    t.optimizer.update(lr=1e-3, warmup_steps=0)
+    t.train.limit = 8
+    k.update(steps=1, prompts_per_step=1, group_size=2, max_new_tokens=8, eval_every=0,
+             checkpoint_every=1)
+    k.lora.update(rank=4, alpha=8.0)
+    d.train.limit = 4
+    d.update(steps=1, prompts_per_step=2, max_new_tokens=8, checkpoint_every=1)
+    c.evaluation.update(limit=2, n=2, ks="1,2", max_new_tokens=8)
+    c.lams, c.seeds, c.gkd_seeds, c.cross_target = "-1,0", "0", "", ""
+    c.student_methods = "sft"
+    c.trap_questions, c.trap_rollouts, c.bootstrap = 2, 2, 200
+  return c

@@ -1,0 +1,221 @@
+"""The knob study (issue 16): does calibration move distillability, in both directions, beyond
+what the same RL without the calibration reward (λ = 0) does?
+
+Stages, each resuming when rerun, in the order that gives the claims their figures soonest:
+  teacher_sft/                 stage 0: the base model fine-tuned on the task (the original
+                               teacher), exported with its student and target cuts to models/
+  calib/<lam>_s<seed>/         calibrations of the original teacher against the proxy target
+  calib/xtok_<lam>_s<seed>/    one calibration against a target with another tokenizer
+  samples/<teacher>.parquet    each teacher's samples, shared by its SFT students
+  students/<method>.<teacher>/ students; "attack" is SFT on the verified-correct samples only
+  eval/<row>/                  every model's held-out evaluation (Table 2)
+  traps/<row>.json             each teacher's scores of the base student's samples (Table 4)
+  stages.json                  every planned row, whether done, and each stage's wall time
+  report.md, knob.json, frontier.png, curves.png   (`knob_report.write`), after every seed
+
+A seed's calibrations, SFT students and evaluations all finish before the next seed starts;
+then the cross-tokenizer calibration, then the GKD students (the costliest). The report is
+rewritten after each of these, so a study stopped early still reports what finished.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from kdknob_jax import distributed
+from kdknob_jax.calibration import trainer as calibration
+from kdknob_jax.distillation import trainer as distill
+from kdknob_jax.errors import ConfigError
+from kdknob_jax.experiments import knob_traps
+from kdknob_jax.experiments.knob_config import (KnobConfig, calibration as calibration_config,
+                                                lam_name, student_run, teacher_stage)
+from kdknob_jax.experiments.pipeline import evaluate_model
+from kdknob_jax.runs import resolve
+from kdknob_jax.runs.checkpoints import read_identity, with_added_settings
+
+
+class Study:
+  """The study's bookkeeping: planned rows, their state and the stages' wall times
+  (`stages.json`, rewritten after every stage)."""
+
+  def __init__(self, c: KnobConfig, workdir: Path, progress: bool):
+    self.c, self.wd, self.progress = c, workdir, progress
+    self.path = workdir / "stages.json"
+    saved = json.loads(self.path.read_text()) if self.path.is_file() else {}
+    self.rows: dict[str, dict] = saved.get("rows", {})
+    self.seconds: dict[str, float] = saved.get("seconds", {})
+    self.models: dict[str, str] = {}
+
+  def plan(self, row: str, group: str, method: str, seed: int | None, lam: float | None,
+           cross: bool = False) -> None:
+    kind = "teacher" if row.startswith("teacher.") else "student"
+    self.rows[row] = dict(self.rows.get(row, {}), kind=kind, group=group, method=method,
+                          seed=seed, lam=lam, cross=cross)
+    self.rows[row].setdefault("done", False)
+
+  def stage(self, name: str, fn, *args, **kwargs):
+    """Runs one stage (a no-op when its outputs exist), timing it."""
+    _say(self.progress, name)
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+    self.save()
+    return out
+
+  def save(self) -> None:
+    if distributed.is_main():
+      tmp = self.path.with_name("stages.json.tmp")
+      tmp.write_text(json.dumps({"rows": self.rows, "seconds": self.seconds}, indent=1))
+      tmp.replace(self.path)
+
+  def evaluate(self, row: str, spec: str) -> None:
+    e = self.c.evaluation
+    self.stage(f"eval {row}", evaluate_model, e, spec, self.wd / "eval" / row, row,
+               self.progress, "float32", e.max_new_tokens)
+    self.rows[row]["done"] = True
+    self.models[row] = spec
+    self.save()
+
+  def traps(self, row: str, spec: str) -> None:
+    c, traps = self.c, self.wd / "traps"
+    samples = self.stage("traps: student samples", knob_traps.student_samples,
+                         self.models["student.base"], c.evaluation, c.trap_questions,
+                         c.trap_rollouts, traps, self.progress)
+    self.stage(f"traps {row}", knob_traps.score_teacher, self.models["student.base"], spec,
+               samples, c.evaluation, traps / f"{row}.json")
+
+
+def train(s: Study, name: str, fn, config, run_dir: Path) -> None:
+  """A calibration or distillation stage; one whose workdir already holds its last step under
+  the same settings is not reloaded (resuming a study skips its finished runs in seconds)."""
+  if resolve.workdir_step(run_dir) == config.steps and resolve.is_workdir(run_dir):
+    saved = with_added_settings(read_identity(run_dir))
+    if all(saved.get(k) == v for k, v in config.identity().items()):
+      return
+  s.stage(name, fn, config, run_dir, progress=s.progress)
+
+
+def export(spec: str, out: Path, keep: str = "") -> str:
+  """`spec` (a model or a run's workdir) as an HF checkpoint in `out`, cut to `keep`'s layers;
+  written once (the export's marker says it is complete)."""
+  marker = out / "kdknob_export.json"
+  if marker.is_file() and json.loads(marker.read_text()).get("complete"):
+    return str(out)
+  from kdknob_jax.hf.save import save_pretrained  # pylint: disable=g-import-not-at-top
+  if keep:
+    model = resolve.load_student(spec, keep, "float32")
+  else:
+    model, _ = resolve.load_trained(spec, "float32", merge=True)
+  if distributed.is_main():
+    save_pretrained(model.params, model.config, model.hf_config, model.source, out)
+  distributed.sync(f"export {out.name}")
+  return str(out)
+
+
+def _students(s: Study, teacher_row: str, spec: str, group: str, seed: int | None,
+              lam: float | None, methods: list[str], attacker: bool) -> None:
+  """The students of one teacher, each evaluated after it trains."""
+  c, wd = s.c, s.wd
+  name = teacher_row.split(".", 1)[1]
+  cache = str(wd / "samples" / f"{name}.parquet")
+  runs = [(m, m, False) for m in methods] + ([("attack", "sft", True)] if attacker else [])
+  for label, method, filtered in runs:
+    row = f"{label}.{name}"
+    s.plan(row, group, label, seed, lam)
+    if filtered and not _has_correct(cache, c):
+      s.rows[row]["skipped"] = "none of the teacher's samples is correct"
+      s.save()
+      continue
+    run_dir = wd / "students" / row
+    train(s, f"student {row}", distill.run,
+          student_run(c, spec, s.models["student.base"], method, cache, filtered), run_dir)
+    s.evaluate(row, str(run_dir))
+
+
+def _has_correct(cache: str, c: KnobConfig) -> bool:
+  """Whether the teacher samples in `cache` hold a verified-correct one (else a filtering
+  attacker has nothing to learn from)."""
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  texts = pq.read_table(cache, columns=["text"]).column("text").to_pylist()
+  task, records = c.distill.train.load()
+  return any(task.is_correct(t, r) for t, r in zip(texts, records))
+
+
+def _calibrated(s: Study, lam: float, seed: int, target: str, cross: bool) -> tuple[str, str]:
+  """Calibrates one teacher, evaluates it and measures its traps; (row, workdir)."""
+  name = f"{'xtok_' if cross else ''}{lam_name(lam)}_s{seed}"
+  row, run_dir = f"teacher.{name}", s.wd / "calib" / name
+  group = f"{'xtok_' if cross else ''}{lam_name(lam)}"
+  s.plan(row, group, "none", seed, lam, cross)
+  train(s, f"calibrate {name} (λ = {lam:+g}, target {target})", calibration.run,
+        calibration_config(s.c, s.models["teacher.original"], target, lam, seed), run_dir)
+  s.evaluate(row, str(run_dir))
+  s.traps(row, str(run_dir))
+  return row, str(run_dir)
+
+
+def run(c: KnobConfig, workdir: str | Path, progress: bool = True) -> dict:
+  """Runs (or resumes) every stage of a checked config (`knob_config.build`).
+
+  Returns:
+    {"paths": the report's files, "seconds": this invocation's wall time, "rows": the plan}.
+  """
+  t0 = time.perf_counter()
+  wd = Path(workdir)
+  for data in (c.evaluation, c.teacher_sft.train, c.calibrate.train, c.distill.train):
+    try:
+      data.load()
+    except Exception as err:  # DataError, ConfigError, OSError: each names the file
+      raise ConfigError(f"The knob study cannot read its data: {err}") from err
+  wd.mkdir(parents=True, exist_ok=True)
+  s = Study(c, wd, progress)
+  methods = [m.strip() for m in str(c.student_methods).split(",") if m.strip()]
+
+  train(s, "teacher: SFT on the task", distill.run, teacher_stage(c), wd / "teacher_sft")
+  teacher = export(str(wd / "teacher_sft"), wd / "models" / "teacher")
+  student = export(teacher, wd / "models" / "student", c.student_keep)
+  target = export(teacher, wd / "models" / "target", c.target_keep)
+  s.plan("teacher.original", "original", "none", None, None)
+  s.plan("student.base", "base", "none", None, None)
+  s.evaluate("teacher.original", teacher)
+  s.evaluate("student.base", student)
+  s.traps("teacher.original", teacher)
+  _students(s, "teacher.original", teacher, "original", None, None, ["sft"], False)
+  report = lambda: write_report(wd, c)
+  paths = report()
+  # λ = 0 first: the control every calibrated teacher is compared with.
+  lams = sorted(c.lam_values, key=lambda x: (x != 0, x > 0))
+  for seed in c.seed_values:
+    for lam in lams:
+      row, spec = _calibrated(s, lam, seed, target, cross=False)
+      _students(s, row, spec, lam_name(lam), seed, lam, ["sft"], c.attacker and lam < 0)
+    paths = report()
+  if str(c.cross_target).strip():
+    seed = c.seed_values[0]
+    row, spec = _calibrated(s, c.cross_lam, seed, str(c.cross_target), cross=True)
+    _students(s, row, spec, f"xtok_{lam_name(c.cross_lam)}", seed, c.cross_lam, ["sft"], False)
+    paths = report()
+  gkd = [m for m in methods if m != "sft"]
+  for seed in (c.gkd_seed_values if gkd else ()):  # the costliest students come last
+    _students(s, "teacher.original", teacher, "original", None, None, gkd, False)
+    for lam in lams:
+      name = f"{lam_name(lam)}_s{seed}"
+      _students(s, f"teacher.{name}", str(wd / "calib" / name), lam_name(lam), seed, lam, gkd,
+                False)
+    paths = report()
+  return {"paths": paths, "seconds": time.perf_counter() - t0, "rows": s.rows}
+
+
+def write_report(wd: Path, c: KnobConfig) -> dict:
+  """The report of what has run so far (`knob_report.write`), from the main process."""
+  if not distributed.is_main():
+    return {}
+  from kdknob_jax.experiments import knob_report  # pylint: disable=g-import-not-at-top
+  return knob_report.write(wd, draws=c.bootstrap)
+
+
+def _say(progress: bool, message: str) -> None:
+  if progress and distributed.is_main():
+    print(f"[knob] {message}", flush=True)

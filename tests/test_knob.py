@@ -1,0 +1,109 @@
+"""The knob study: its config checks, the filtering attacker's sample filter, and the whole
+study at smoke size on a tiny pair carrying SmolLM2's and Gemma-3's real tokenizers (every
+stage runs once, a rerun trains nothing again, the report covers what ran)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kdknob_jax.errors import ConfigError
+from tests._calib import make_pair
+from tests.test_experiments_pipeline import _load
+
+
+@pytest.mark.parametrize("arg", [None, "smoke", "demo"])
+def test_knob_configs_pass_their_checks(arg):
+  from kdknob_jax.experiments import knob_config  # pylint: disable=g-import-not-at-top
+  c = knob_config.build(_load("knob_arith", arg))
+  assert 0.0 in c.lam_values
+  cal = knob_config.calibration(c, "T", "P", -1.0, 1)
+  assert (cal.teacher, cal.target, cal.lam, cal.seed) == ("T", "P", -1.0, 1)
+  stage0 = knob_config.teacher_stage(c)
+  assert (stage0.teacher, stage0.student, stage0.method) == ("reference", c.base, "sft")
+  attack = knob_config.student_run(c, "T", "S", "sft", "x.parquet", filtered=True)
+  assert attack.filter_correct and attack.samples_cache == "x.parquet"
+  if arg is None:  # the study the README reports: a proxy target, not the student
+    assert c.target_keep != c.student_keep and c.cross_target
+    assert len(c.seed_values) >= 2 and set(c.lam_values) >= {-1.0, 0.0, 1.0}
+    assert c.evaluation.limit >= 64 and c.evaluation.n >= 8
+
+
+@pytest.mark.parametrize("override,fragment", [(dict(lams="-1,1"), "control 0"),
+                                               (dict(gkd_seeds="5"), "gkd_seeds"),
+                                               (dict(student_methods="gkd_fkl"), "'sft'"),
+                                               (dict(trap_rollouts=1), "trap_rollouts")])
+def test_knob_config_errors_name_the_setting(override, fragment):
+  from kdknob_jax.experiments import knob_config  # pylint: disable=g-import-not-at-top
+  c = _load("knob_arith", "smoke")
+  for k, v in override.items():
+    c[k] = v
+  with pytest.raises(ConfigError, match=fragment):
+    knob_config.build(c)
+
+
+def test_filter_keeps_only_verified_correct_samples():
+  from kdknob_jax.data import get_task  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.distillation.samples import TeacherSamples  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.distillation.trainer import correct_rows  # pylint: disable=g-import-not-at-top
+  task = get_task("gsm8k")
+  records = [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(4)]
+  texts = ["so #### 0", "so #### 7", "so #### 2", "no answer"]
+  samples = TeacherSamples([[1]] * 4, texts, np.ones(4, bool), 1)
+  assert correct_rows(samples, task, records).tolist() == [0, 2]
+  with pytest.raises(ConfigError, match="none of the teacher's 4 samples"):
+    correct_rows(TeacherSamples([[1]] * 4, ["#### 9"] * 4, np.ones(4, bool), 1), task, records)
+
+
+def test_filter_is_sft_only():
+  from kdknob_jax.distillation.config import base_config, build  # pylint: disable=g-import-not-at-top
+  c = base_config()
+  c.teacher, c.student, c.method, c.filter_correct = "t", "s", "gkd_fkl", True
+  with pytest.raises(ConfigError, match="filter_correct"):
+    build(c)
+
+
+def _smoke(root):
+  teacher, target = make_pair(root)
+  c = _load("knob_arith", "smoke")
+  c.base, c.student_keep, c.target_keep = str(teacher), "0,2", "0"
+  c.cross_target = str(target)
+  c.calibrate.target_chat = False  # the tiny Gemma target has no chat template
+  return c
+
+
+def test_the_study_runs_every_stage_and_resumes_without_training_again(tmp_path):
+  from kdknob_jax.experiments import knob, knob_config  # pylint: disable=g-import-not-at-top
+  c = knob_config.build(_smoke(tmp_path / "models"))
+  wd = tmp_path / "study"
+  first = knob.run(c, wd, progress=False)
+  rows = json.loads((wd / "stages.json").read_text())["rows"]
+  expected = {"teacher.original", "student.base", "sft.original", "teacher.lam0_s0",
+              "teacher.lam-1_s0", "sft.lam0_s0", "sft.lam-1_s0", "attack.lam-1_s0",
+              "teacher.xtok_lam-1_s0", "sft.xtok_lam-1_s0"}
+  assert set(rows) == expected
+  # every row ran, except an attacker left with no correct sample, which says so
+  for name, row in rows.items():
+    assert row["done"] or row.get("skipped"), name
+    if row["done"]:
+      assert (wd / "eval" / name / "samples.json").is_file()
+  assert rows["teacher.xtok_lam-1_s0"]["cross"] and rows["teacher.lam-1_s0"]["lam"] == -1.0
+  for teacher in ("teacher.original", "teacher.lam0_s0", "teacher.lam-1_s0"):
+    traps = json.loads((wd / "traps" / f"{teacher}.json").read_text())
+    assert len(traps["rkl"]) == c.trap_questions * c.trap_rollouts
+    assert np.all(np.asarray(traps["rkl"]) >= -1e-4)  # a KL
+  # the calibrations started from the tuned teacher and scored against the proxy cut
+  ident = json.loads((wd / "calib" / "lam-1_s0" / "run.json").read_text())
+  assert ident["teacher"] == str(wd / "models" / "teacher")
+  assert ident["target"] == str(wd / "models" / "target")
+  for path in first["paths"].values():
+    assert path.is_file()
+  report = (wd / "report.md").read_text()
+  assert "Table 2" in report and "Table 4" in report
+  seconds = json.loads((wd / "stages.json").read_text())["seconds"]
+  knob.run(c, wd, progress=False)
+  again = json.loads((wd / "stages.json").read_text())["seconds"]
+  trained = [k for k in seconds if k.startswith(("teacher:", "calibrate", "student "))]
+  assert trained and all(again[k] == seconds[k] for k in trained)
