@@ -63,9 +63,12 @@ def get_config(arg: str | None = None):
                       chat=True, seed=0, prompts_per_call=32)
   c.trap_questions, c.trap_rollouts = 32, 4
 
-  if arg == "demo":
-    c.lams, c.seeds, c.gkd_seeds, c.cross_target = "-1,0", "0", "", ""
-    c.student_methods, c.attacker = "sft", False
+  if arg == "demo":  # minutes: a shorter teacher stage, one calibration, a smaller evaluation
+    c.demo = True
+    c.lams, c.seeds, c.gkd_seeds, c.cross_target = "-1", "0", "", ""
+    t.update(steps=30, eval_every=0)
+    k.update(steps=10, eval_every=0)
+    c.evaluation.update(limit=32, n=4, ks="1,4")
   if smoke:
     t.update(steps=2, eval_every=0, checkpoint_every=1, max_new_tokens=8)
     t.optimizer.update(lr=1e-3, warmup_steps=0)

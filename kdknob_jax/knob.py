@@ -25,6 +25,8 @@ def _run(config, workdir: str) -> dict:
 
 def _report(result: dict, config, workdir: str) -> None:
   del config
+  if result.get("summary"):
+    print(result["summary"])
   print(f"knob study in {workdir}: {result['seconds'] / 60:.1f} min this invocation")
   for kind, path in result["paths"].items():
     print(f"{kind}: {path}")

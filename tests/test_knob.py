@@ -18,7 +18,7 @@ from tests.test_experiments_pipeline import _load
 def test_knob_configs_pass_their_checks(arg):
   from kdknob_jax.experiments import knob_config  # pylint: disable=g-import-not-at-top
   c = knob_config.build(_load("knob_arith", arg))
-  assert 0.0 in c.lam_values
+  assert (0.0 in c.lam_values) != c.demo  # the demo alone skips the control
   cal = knob_config.calibration(c, "T", "P", -1.0, 1)
   assert (cal.teacher, cal.target, cal.lam, cal.seed) == ("T", "P", -1.0, 1)
   stage0 = knob_config.teacher_stage(c)
@@ -107,3 +107,9 @@ def test_the_study_runs_every_stage_and_resumes_without_training_again(tmp_path)
   again = json.loads((wd / "stages.json").read_text())["seconds"]
   trained = [k for k in seconds if k.startswith(("teacher:", "calibrate", "student "))]
   assert trained and all(again[k] == seconds[k] for k in trained)
+  # the demo's stages are the study's first ones: on this workdir it only reads and summarizes
+  demo = _smoke(tmp_path / "models")
+  demo.demo, demo.lams = True, "-1"
+  out = knob.run(knob_config.build(demo), wd, progress=False)
+  assert "held-out accuracy" in out["summary"] and "calibrated teacher" in out["summary"]
+  assert "r_cal" in out["summary"]

@@ -143,7 +143,8 @@ def _has_correct(cache: str, c: KnobConfig) -> bool:
   return any(task.is_correct(t, r) for t, r in zip(texts, records))
 
 
-def _calibrated(s: Study, lam: float, seed: int, target: str, cross: bool) -> tuple[str, str]:
+def _calibrated(s: Study, lam: float, seed: int, target: str, cross: bool,
+                traps: bool = True) -> tuple[str, str]:
   """Calibrates one teacher, evaluates it and measures its traps; (row, workdir)."""
   name = f"{'xtok_' if cross else ''}{lam_name(lam)}_s{seed}"
   row, run_dir = f"teacher.{name}", s.wd / "calib" / name
@@ -152,7 +153,8 @@ def _calibrated(s: Study, lam: float, seed: int, target: str, cross: bool) -> tu
   train(s, f"calibrate {name} (λ = {lam:+g}, target {target})", calibration.run,
         calibration_config(s.c, s.models["teacher.original"], target, lam, seed), run_dir)
   s.evaluate(row, str(run_dir))
-  s.traps(row, str(run_dir))
+  if traps:
+    s.traps(row, str(run_dir))
   return row, str(run_dir)
 
 
@@ -178,8 +180,10 @@ def run(c: KnobConfig, workdir: str | Path, progress: bool = True) -> dict:
   student = export(teacher, wd / "models" / "student", c.student_keep)
   target = export(teacher, wd / "models" / "target", c.target_keep)
   s.plan("teacher.original", "original", "none", None, None)
-  s.plan("student.base", "base", "none", None, None)
   s.evaluate("teacher.original", teacher)
+  if c.demo:
+    return _demo(s, target, t0)
+  s.plan("student.base", "base", "none", None, None)
   s.evaluate("student.base", student)
   s.traps("teacher.original", teacher)
   _students(s, "teacher.original", teacher, "original", None, None, ["sft"], False)
@@ -206,6 +210,17 @@ def run(c: KnobConfig, workdir: str | Path, progress: bool = True) -> dict:
                 False)
     paths = report()
   return {"paths": paths, "seconds": time.perf_counter() - t0, "rows": s.rows}
+
+
+def _demo(s: Study, target: str, t0: float) -> dict:
+  """The demo's calibrations (first seed, λ ≠ 0) and their before/after summaries."""
+  from kdknob_jax.experiments.knob_summary import before_after  # pylint: disable=g-import-not-at-top
+  summaries = []
+  for lam in (x for x in s.c.lam_values if x != 0):
+    row, _ = _calibrated(s, lam, s.c.seed_values[0], target, cross=False, traps=False)
+    summaries.append(before_after(s.wd, row))
+  return {"paths": {}, "seconds": time.perf_counter() - t0, "rows": s.rows,
+          "summary": "\n\n".join(summaries)}
 
 
 def write_report(wd: Path, c: KnobConfig) -> dict:

@@ -43,6 +43,9 @@ class KnobConfig:
     evaluation: every model's held-out evaluation (Table 2).
     trap_questions, trap_rollouts: the student's samples that each teacher scores (Table 4).
     bootstrap: resamples of the confidence intervals.
+    demo: only the teacher stage and the calibrations at the first seed's non-zero λ, with the
+      two teachers' evaluations and a before/after summary (`make demo`); no control, students
+      or traps.
   """
   base: str = distill_config.EMBEDDED_TEACHER
   teacher_sft: DistillConfig = DistillConfig()
@@ -61,6 +64,7 @@ class KnobConfig:
   trap_questions: int = 32
   trap_rollouts: int = 4
   bootstrap: int = 2000
+  demo: bool = False
 
   @property
   def lam_values(self) -> tuple[float, ...]:
@@ -105,7 +109,7 @@ def student_run(c: KnobConfig, teacher: str, student: str, method: str, cache: s
 
 def check(c: KnobConfig) -> None:
   """Checks the study's config and every run config it will make, before any model loads."""
-  if not c.lam_values or 0.0 not in c.lam_values:
+  if not c.lam_values or (0.0 not in c.lam_values and not c.demo):
     raise ConfigError(f"config.lams = {c.lams!r} must list λ values including the control 0.")
   if not c.seed_values:
     raise ConfigError("config.seeds lists no seed; give at least one (e.g. '0,1').")
