@@ -61,7 +61,7 @@ def get_config(arg: str | None = None):
   c.evaluation.update(name="arith", task="gsm8k", source="builtin:arith/test.jsonl", offset=0,
                       limit=64, n=8, ks="1,8", max_new_tokens=80, temperature=0.7, greedy=False,
                       chat=True, seed=0, prompts_per_call=32)
-  c.trap_questions, c.trap_rollouts = 32, 4
+  c.trap_questions, c.trap_rollouts = 32, 8
 
   if arg == "demo":  # minutes: a shorter teacher stage, one calibration, a smaller evaluation
     c.demo = True
