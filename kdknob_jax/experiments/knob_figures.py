@@ -48,6 +48,10 @@ def read_json(path: str | Path):
     return None
 
 
+# What a λ = 0 calibration logs as 0 without scoring the target (calibration/rollouts.py).
+UNSCORED_AT_ZERO = ("reward/cal", "trap/seq_kl_teacher_target", "logp/target")
+
+
 def read_curves(workdir: str | Path, stages: dict) -> dict[str, dict]:
   """Every calibration's logged metrics, from calib/NAME/metrics.jsonl.
 
@@ -70,6 +74,8 @@ def read_curves(workdir: str | Path, stages: dict) -> dict[str, dict]:
       except (ValueError, TypeError):  # a line cut mid-write
         continue
       for key, (steps, values) in series.items():
+        if info.get("lam") == 0 and key in UNSCORED_AT_ZERO:
+          continue  # a λ = 0 run never scores the target: its logged 0 is not a measurement
         v = record.get(key)
         if isinstance(v, (int, float)) and math.isfinite(v) and record.get("step") is not None:
           steps.append(int(record["step"]))
