@@ -251,6 +251,14 @@ def test_two_processes_give_the_same_metrics(pair, reference, tmp_path, mesh):
 
 
 def test_simulated_8_device_mesh_gives_the_same_metrics(pair, reference, tmp_path):
+  """Data parallel, FSDP and tensor parallel at once (2 x 2 x 2 simulated devices in one
+  process) give the metrics of one device.
+
+  No hang is excused (issue 17): the XLA:CPU collective deadlock this test once tolerated did
+  not recur in 31 of 31 runs on this machine (24 of this code: cold and warm compilation cache,
+  one core; 7 of the code before LoRA moved inside the projections, 3 of them of the code it
+  was first seen with). A hang fails here, not stalls the suite: the child dumps its stacks
+  after 5 minutes."""
   proc = _spawn(pair, tmp_path / "mesh8", {"data": 2, "fsdp": 2, "tensor": 2}, _child_env(8))
   try:
     proc.wait(timeout=330)
@@ -258,11 +266,6 @@ def test_simulated_8_device_mesh_gives_the_same_metrics(pair, reference, tmp_pat
     if proc.poll() is None:
       proc.kill()
   out = proc.log.read_text()
-  if proc.returncode != 0 and "Timeout (0:05:00)!" in out and "rendezvous" in out:
-    # Known XLA:CPU problem: on 8 simulated devices (2 cores) the train step sometimes
-    # deadlocks, its device threads waiting at different collectives (README, "Calibration").
-    # Only that hang is excused; any other failure or metric difference fails the test.
-    pytest.xfail("XLA:CPU in-process collectives deadlocked on 8 simulated devices")
   assert proc.returncode == 0 and "RESULT" in out, out[-6000:]
   _close(reference[1][:2], read_jsonl(tmp_path / "mesh8" / "metrics.jsonl"), rtol=1e-5)
 

@@ -38,9 +38,10 @@ def keep_if_finite(new, old, *checks: jax.Array):
 
 
 def settle(x):
-  """Waits for x. One sharded program at a time: on XLA:CPU, two programs in flight whose
-  collectives span the same simulated devices can starve each other's threads on a few cores
-  (a deadlock we hit with 8 devices on 2 cores); the cost is a little host/device overlap."""
+  """Waits for x, so the host reads settled values and a hang shows at the call that caused it
+  (the cost is a little host/device overlap). It was added against a deadlock of 8 simulated
+  devices on 2 cores, but XLA:CPU itself launches one multi-device program at a time, so it
+  was not that deadlock's cure (README, "Calibration")."""
   return jax.block_until_ready(x)
 
 
