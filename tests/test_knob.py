@@ -66,11 +66,12 @@ def test_filter_is_sft_only():
 
 
 def _smoke(root):
-  teacher, target = make_pair(root)
+  teacher, _ = make_pair(root)
   c = _load("knob_arith", "smoke")
   c.base, c.student_keep, c.target_keep = str(teacher), "0,2", "0"
-  c.cross_target = str(target)
-  c.calibrate.target_chat = False  # the tiny Gemma target has no chat template
+  # no cross-tokenizer stage: it is `_calibrated` with another target (whose scoring the
+  # calibration tests cover), and the report's handling of it is test_knob_report's
+  c.cross_target = ""
   return c
 
 
@@ -81,15 +82,14 @@ def test_the_study_runs_every_stage_and_resumes_without_training_again(tmp_path)
   first = knob.run(c, wd, progress=False)
   rows = json.loads((wd / "stages.json").read_text())["rows"]
   expected = {"teacher.original", "student.base", "sft.original", "teacher.lam0_s0",
-              "teacher.lam-1_s0", "sft.lam0_s0", "sft.lam-1_s0", "attack.lam-1_s0",
-              "teacher.xtok_lam-1_s0", "sft.xtok_lam-1_s0"}
+              "teacher.lam-1_s0", "sft.lam0_s0", "sft.lam-1_s0", "attack.lam-1_s0"}
   assert set(rows) == expected
   # every row ran, except an attacker left with no correct sample, which says so
   for name, row in rows.items():
     assert row["done"] or row.get("skipped"), name
     if row["done"]:
       assert (wd / "eval" / name / "samples.json").is_file()
-  assert rows["teacher.xtok_lam-1_s0"]["cross"] and rows["teacher.lam-1_s0"]["lam"] == -1.0
+  assert rows["teacher.lam-1_s0"]["lam"] == -1.0 and not rows["teacher.lam-1_s0"]["cross"]
   for teacher in ("teacher.original", "teacher.lam0_s0", "teacher.lam-1_s0"):
     traps = json.loads((wd / "traps" / f"{teacher}.json").read_text())
     assert len(traps["rkl"]) == c.trap_questions * c.trap_rollouts
