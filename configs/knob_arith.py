@@ -2,11 +2,11 @@
 
 Testbed: SmolLM2-135M-Instruct fine-tuned on the built-in three-step arithmetic word problems
 (`builtin:arith`, GSM8K's format and grader) is the original teacher. The evaluated student is
-that teacher with layers 15–20 cut out (24 of 30 kept: a derived model, so that GKD and the
-token-level traps share its vocabulary); the calibration target is a proxy, a smaller cut
-(21 layers: 13–21 dropped), not the student. One extra calibration targets Gemma-3-270M, whose
-tokenizer differs. λ ∈ {−1, 0, +1} × seeds {0, 1}; λ = 0 is the control (the same RL with the
-calibration reward off).
+SmolLM2-135M-Instruct itself, as it was before that tuning (it shares the teacher's tokenizer,
+so GKD and the token-level traps apply); the calibration target is a proxy of it, not the
+student: the same model cut to 24 of its 30 layers (15–20 dropped). One extra calibration
+targets Gemma-3-270M, whose tokenizer differs. λ ∈ {−1, 0, +1} × seeds {0, 1}; λ = 0 is the
+control (the same RL with the calibration reward off).
 
   python -m kdknob_jax.knob --config configs/knob_arith.py --workdir out/knob
 
@@ -29,7 +29,8 @@ def get_config(arg: str | None = None):
     raise ValueError(f"Unknown argument {arg!r}; use ':smoke', ':demo' or none.")
   smoke = arg == "smoke"
   c = base_config()
-  c.student_keep, c.target_keep = "0-14,21-29", "0-12,22-29"
+  c.student, c.student_keep = "base", ""
+  c.target, c.target_keep = "base", "0-14,21-29"
   c.cross_target, c.cross_lam = "gemma3-270m", -1.0
   c.lams, c.seeds, c.gkd_seeds = "-1,0,1", "0,1", "0"
   mesh = dict(data=1, fsdp=-1, tensor=1)
@@ -51,10 +52,10 @@ def get_config(arg: str | None = None):
   k.optimizer.update(lr=2e-4, warmup_steps=2)
 
   d = c.distill
-  d.train.update(_TRAIN, limit=240)  # the prompts of 30 steps × 8: one sample each, cached
+  d.train.update(_TRAIN, limit=320)  # the prompts of 40 steps × 8: one sample each, cached
   d.eval.update(_DEV)
   d.update(dtype="float32", samples_per_prompt=1, prompts_per_step=8, max_new_tokens=80,
-           steps=30, eval_every=0, checkpoint_every=10, chat=True, temperature=1.0,
+           steps=40, eval_every=0, checkpoint_every=10, chat=True, temperature=1.0,
            mesh=mesh)
   d.optimizer.update(lr=1e-4, warmup_steps=2)
 

@@ -30,7 +30,8 @@ from kdknob_jax.distillation import trainer as distill
 from kdknob_jax.errors import ConfigError
 from kdknob_jax.experiments import knob_traps
 from kdknob_jax.experiments.knob_config import (KnobConfig, calibration as calibration_config,
-                                                lam_name, student_run, teacher_stage)
+                                                lam_name, model_spec, student_run,
+                                                teacher_stage)
 from kdknob_jax.experiments.pipeline import evaluate_model
 from kdknob_jax.runs import resolve
 from kdknob_jax.runs.checkpoints import read_identity, with_added_settings
@@ -99,7 +100,9 @@ def train(s: Study, name: str, fn, config, run_dir: Path) -> None:
 
 def export(spec: str, out: Path, keep: str = "") -> str:
   """`spec` (a model or a run's workdir) as an HF checkpoint in `out`, cut to `keep`'s layers;
-  written once (the export's marker says it is complete)."""
+  written once (the export's marker says it is complete). A model used whole is its own spec."""
+  if not keep and not resolve.is_workdir(spec):
+    return spec
   marker = out / "kdknob_export.json"
   if marker.is_file() and json.loads(marker.read_text()).get("complete"):
     return str(out)
@@ -150,7 +153,7 @@ def _calibrated(s: Study, lam: float, seed: int, target: str, cross: bool,
   row, run_dir = f"teacher.{name}", s.wd / "calib" / name
   group = f"{'xtok_' if cross else ''}{lam_name(lam)}"
   s.plan(row, group, "none", seed, lam, cross)
-  train(s, f"calibrate {name} (λ = {lam:+g}, target {target})", calibration.run,
+  train(s, f"calibrate {name} (target {target})", calibration.run,
         calibration_config(s.c, s.models["teacher.original"], target, lam, seed), run_dir)
   s.evaluate(row, str(run_dir))
   if traps:
@@ -177,8 +180,9 @@ def run(c: KnobConfig, workdir: str | Path, progress: bool = True) -> dict:
 
   train(s, "teacher: SFT on the task", distill.run, teacher_stage(c), wd / "teacher_sft")
   teacher = export(str(wd / "teacher_sft"), wd / "models" / "teacher")
-  student = export(teacher, wd / "models" / "student", c.student_keep)
-  target = export(teacher, wd / "models" / "target", c.target_keep)
+  student = export(model_spec(c.student, c.base, teacher), wd / "models" / "student",
+                   c.student_keep)
+  target = export(model_spec(c.target, c.base, teacher), wd / "models" / "target", c.target_keep)
   s.plan("teacher.original", "original", "none", None, None)
   s.evaluate("teacher.original", teacher)
   if c.demo:

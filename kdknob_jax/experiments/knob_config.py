@@ -25,9 +25,12 @@ class KnobConfig:
     base: the model the teacher is tuned from.
     teacher_sft: the teacher's stage 0, SFT of `base` on the train split's worked solutions
       (teacher "reference"); its result is the "original" teacher.
-    student_keep: the evaluated student: the tuned teacher cut to these layers (it shares the
-      teacher's tokenizer, so GKD and the token-level traps apply).
-    target_keep: the calibration target, a proxy of the student: another, smaller cut.
+    student: the evaluated student: "base" (the model the teacher was tuned from), "teacher"
+      (the tuned teacher) or any model spec; it must share the teacher's tokenizer (GKD and
+      the token-level traps of Table 4 compare the two over one vocabulary).
+    student_keep: cut the student to these layers ("": all).
+    target, target_keep: the calibration target, a proxy of the student, named the same way
+      (the paper's is a smaller model of the student's family).
     cross_target: a model with another tokenizer, the target of one extra calibration ("": none).
     cross_lam: that calibration's λ.
     lams: the λ values calibrated (0 is the control: the same RL with r_cal off).
@@ -49,8 +52,10 @@ class KnobConfig:
   """
   base: str = distill_config.EMBEDDED_TEACHER
   teacher_sft: DistillConfig = DistillConfig()
-  student_keep: str = "0-14,21-29"
-  target_keep: str = "0-12,22-29"
+  student: str = "base"
+  student_keep: str = ""
+  target: str = "base"
+  target_keep: str = "0-14,21-29"
   cross_target: str = ""
   cross_lam: float = -1.0
   lams: str = "-1,0,1"
@@ -84,6 +89,11 @@ def base_config():
   return settings_lib.to_configdict(KnobConfig())
 
 
+def model_spec(name: str, base: str, teacher: str) -> str:
+  """A student or target name of the config as a model spec ("base", "teacher" or a spec)."""
+  return {"base": base, "teacher": teacher}.get(str(name), str(name))
+
+
 def lam_name(lam: float) -> str:
   """A λ as it appears in run names: "lam+1", "lam0", "lam-0.5"."""
   return "lam0" if lam == 0 else f"lam{lam:+g}"
@@ -111,6 +121,9 @@ def check(c: KnobConfig) -> None:
   """Checks the study's config and every run config it will make, before any model loads."""
   if not c.lam_values or (0.0 not in c.lam_values and not c.demo):
     raise ConfigError(f"config.lams = {c.lams!r} must list λ values including the control 0.")
+  if (c.student, c.student_keep) == (c.target, c.target_keep) and not c.demo:
+    raise ConfigError("config.target (with target_keep) is the evaluated student; the study "
+                      "calibrates against a proxy: give the target other layers or a model.")
   if not c.seed_values:
     raise ConfigError("config.seeds lists no seed; give at least one (e.g. '0,1').")
   if not set(c.gkd_seed_values) <= set(c.seed_values):
