@@ -74,6 +74,13 @@ class TeacherSamples:
     return dataclasses.replace(self, tokens=tokens)
 
 
+def correct_indices(texts: Sequence[str], task, records: Sequence[dict]) -> np.ndarray:
+  """The rows whose sample text (one per record, in record order) the task's verifier marks
+  correct."""
+  return np.array([i for i, (t, r) in enumerate(zip(texts, records)) if task.is_correct(t, r)],
+                  np.int64)
+
+
 def cache_meta(config, teacher_step: int | None) -> dict:
   """What identifies a cache: the producing settings and the teacher's checkpoint step."""
   d = settings_lib.as_dict(config)

@@ -214,8 +214,7 @@ def correct_rows(samples: samples_lib.TeacherSamples, task, records) -> np.ndarr
   Raises:
     ConfigError: no sample is correct, so a filtered run has nothing to learn from.
   """
-  keep = np.array([i for i, r in enumerate(records) if task.is_correct(samples.texts[i], r)],
-                  np.int64)
+  keep = samples_lib.correct_indices(samples.texts, task, records)
   if keep.size == 0:
     raise ConfigError(f"config.filter_correct: none of the teacher's {len(records)} samples is "
                       "correct, so nothing is left to learn from. Use more train prompts "

@@ -27,14 +27,15 @@ from pathlib import Path
 from kdknob_jax import distributed
 from kdknob_jax.calibration import trainer as calibration
 from kdknob_jax.distillation import trainer as distill
+from kdknob_jax.distillation.samples import correct_indices
 from kdknob_jax.errors import ConfigError
 from kdknob_jax.experiments import knob_traps
 from kdknob_jax.experiments.knob_config import (KnobConfig, calibration as calibration_config,
                                                 lam_name, model_spec, student_run,
                                                 teacher_stage)
-from kdknob_jax.experiments.pipeline import evaluate_model
+from kdknob_jax.experiments.pipeline import evaluate_model, export_model
 from kdknob_jax.runs import resolve
-from kdknob_jax.runs.checkpoints import read_identity, with_added_settings
+from kdknob_jax.runs.checkpoints import identity_diff, read_identity
 
 
 class Study:
@@ -91,30 +92,10 @@ class Study:
 def train(s: Study, name: str, fn, config, run_dir: Path) -> None:
   """A calibration or distillation stage; one whose workdir already holds its last step under
   the same settings is not reloaded (resuming a study skips its finished runs in seconds)."""
-  if resolve.workdir_step(run_dir) == config.steps and resolve.is_workdir(run_dir):
-    saved = with_added_settings(read_identity(run_dir))
-    if all(saved.get(k) == v for k, v in config.identity().items()):
-      return
+  if (resolve.workdir_step(run_dir) == config.steps
+      and not identity_diff(read_identity(run_dir), config.identity())):
+    return
   s.stage(name, fn, config, run_dir, progress=s.progress)
-
-
-def export(spec: str, out: Path, keep: str = "") -> str:
-  """`spec` (a model or a run's workdir) as an HF checkpoint in `out`, cut to `keep`'s layers;
-  written once (the export's marker says it is complete). A model used whole is its own spec."""
-  if not keep and not resolve.is_workdir(spec):
-    return spec
-  marker = out / "kdknob_export.json"
-  if marker.is_file() and json.loads(marker.read_text()).get("complete"):
-    return str(out)
-  from kdknob_jax.hf.save import save_pretrained  # pylint: disable=g-import-not-at-top
-  if keep:
-    model = resolve.load_student(spec, keep, "float32")
-  else:
-    model, _ = resolve.load_trained(spec, "float32", merge=True)
-  if distributed.is_main():
-    save_pretrained(model.params, model.config, model.hf_config, model.source, out)
-  distributed.sync(f"export {out.name}")
-  return str(out)
 
 
 def _students(s: Study, teacher_row: str, spec: str, group: str, seed: int | None,
@@ -142,8 +123,7 @@ def _has_correct(cache: str, c: KnobConfig) -> bool:
   attacker has nothing to learn from)."""
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
   texts = pq.read_table(cache, columns=["text"]).column("text").to_pylist()
-  task, records = c.distill.train.load()
-  return any(task.is_correct(t, r) for t, r in zip(texts, records))
+  return correct_indices(texts, *c.distill.train.load()).size > 0
 
 
 def _calibrated(s: Study, lam: float, seed: int, target: str, cross: bool,
@@ -179,10 +159,11 @@ def run(c: KnobConfig, workdir: str | Path, progress: bool = True) -> dict:
   methods = [m.strip() for m in str(c.student_methods).split(",") if m.strip()]
 
   train(s, "teacher: SFT on the task", distill.run, teacher_stage(c), wd / "teacher_sft")
-  teacher = export(str(wd / "teacher_sft"), wd / "models" / "teacher")
-  student = export(model_spec(c.student, c.base, teacher), wd / "models" / "student",
+  teacher = export_model(str(wd / "teacher_sft"), wd / "models" / "teacher")
+  student = export_model(model_spec(c.student, c.base, teacher), wd / "models" / "student",
                    c.student_keep)
-  target = export(model_spec(c.target, c.base, teacher), wd / "models" / "target", c.target_keep)
+  target = export_model(model_spec(c.target, c.base, teacher), wd / "models" / "target",
+                        c.target_keep)
   s.plan("teacher.original", "original", "none", None, None)
   s.evaluate("teacher.original", teacher)
   if c.demo:

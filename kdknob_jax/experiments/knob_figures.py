@@ -13,6 +13,8 @@ from typing import Sequence
 
 import matplotlib
 
+from kdknob_jax.runs.metrics import read_jsonl
+
 CURVES = (("reward/task", "r_task"), ("reward/cal", "r_cal"),
           ("rollout/completion_tokens", "completion tokens"), ("train/kl", "KL to the base"))
 SEED_STYLES = ("-", "--", ":", "-.")
@@ -68,11 +70,7 @@ def read_curves(workdir: str | Path, stages: dict) -> dict[str, dict]:
     name = path.parent.name
     info = stages.get(f"teacher.{name}", {})
     series = {key: ([], []) for key, _ in CURVES}
-    for line in path.read_text(encoding="utf-8").splitlines():
-      try:
-        record = dict(json.loads(line))
-      except (ValueError, TypeError):  # a line cut mid-write
-        continue
+    for record in read_jsonl(path):  # a last line cut mid-write is dropped
       for key, (steps, values) in series.items():
         if info.get("lam") == 0 and key in UNSCORED_AT_ZERO:
           continue  # a λ = 0 run never scores the target: its logged 0 is not a measurement

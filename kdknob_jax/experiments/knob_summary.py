@@ -14,20 +14,12 @@ import json
 import math
 from pathlib import Path
 
+from kdknob_jax.runs.metrics import read_jsonl
+
 _KEYS = (("reward/cal", "r_cal = log p_target − log p_teacher (nats)"),
          ("trap/seq_kl_teacher_target", "sequence KL(teacher‖target) (nats)"),
          ("reward/task", "task reward on the rollouts"),
          ("rollout/completion_tokens", "completion tokens"))
-
-
-def _rows(path: Path) -> list[dict]:
-  out = []
-  for line in path.read_text(encoding="utf-8").splitlines():
-    try:
-      out.append(json.loads(line))
-    except json.JSONDecodeError:  # a line a killed run left half-written
-      continue
-  return out
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -66,7 +58,7 @@ def before_after(workdir: str | Path, row: str, last: int = 3) -> str:
     lines.append(f"  {'held-out accuracy':<45} {b['accuracy']:9.1%} -> {a['accuracy']:9.1%}   "
                  f"({b['prompts']} questions x {b['samples_per_prompt']} samples)")
   metrics = wd / "calib" / name / "metrics.jsonl"
-  rows = _rows(metrics) if metrics.is_file() else []
+  rows = read_jsonl(metrics)
   steps = [r for r in rows if "reward/cal" in r]
   if steps:
     tail = steps[-last:]

@@ -66,20 +66,30 @@ def check_data(c: PipelineConfig) -> None:
       raise ConfigError(f"Evaluation {e.label!r} cannot read its data: {err}") from err
 
 
-def prepare_student(c: PipelineConfig, workdir: Path) -> str:
-  """The student's model spec: `config.student`, or its cut written once as an HF checkpoint."""
-  if not str(c.student_keep).strip():
-    return str(c.student)
-  out = workdir / "student_base"
+def export_model(spec: str, out: Path, keep: str = "") -> str:
+  """`spec` (a model or a run's workdir) as an HF checkpoint in `out`, cut to `keep`'s layers,
+  written once (the export's marker says it is complete); a model used whole and not a
+  workdir is its own spec. Returns the spec to load."""
+  if not keep and not resolve.is_workdir(spec):
+    return spec
   marker = out / "kdknob_export.json"
   if marker.is_file() and json.loads(marker.read_text()).get("complete"):
     return str(out)
   from kdknob_jax.hf.save import save_pretrained  # pylint: disable=g-import-not-at-top
-  model = resolve.load_student(c.student, c.student_keep, "float32")
+  if keep:
+    model = resolve.load_student(spec, keep, "float32")
+  else:
+    model, _ = resolve.load_trained(spec, "float32", merge=True)
   if distributed.is_main():
     save_pretrained(model.params, model.config, model.hf_config, model.source, out)
-  distributed.sync("student_base")
+  distributed.sync(f"export {out.name}")
   return str(out)
+
+
+def prepare_student(c: PipelineConfig, workdir: Path) -> str:
+  """The student's model spec: `config.student`, or its cut written once as an HF checkpoint."""
+  keep = str(c.student_keep).strip()
+  return export_model(str(c.student), workdir / "student_base", keep) if keep else str(c.student)
 
 
 def _eval_settings(e: EvaluationSettings) -> dict:

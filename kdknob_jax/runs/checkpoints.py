@@ -44,6 +44,14 @@ def with_added_settings(saved: dict) -> dict:
   return out
 
 
+def identity_diff(saved: dict, identity: dict) -> dict:
+  """{key: (saved, wanted)} of every setting of `identity` that the saved identity (a run.json,
+  read with `ADDED_SETTINGS`) holds otherwise; {} when the run is this config's."""
+  saved = with_added_settings(saved)
+  wanted = json.loads(json.dumps(dict(identity)))  # tuples compare as the lists JSON holds
+  return {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
+
+
 class RunCheckpoints:
   """The checkpoints of one run directory.
 
@@ -77,8 +85,7 @@ class RunCheckpoints:
     except json.JSONDecodeError as e:
       raise RunStateError(f"{path} is not valid JSON ({e}); it records which run this workdir "
                           "holds. Restore it, or start the run in a new --workdir.") from e
-    saved = with_added_settings(saved)
-    diff = {k: (saved.get(k), v) for k, v in self.identity.items() if saved.get(k) != v}
+    diff = identity_diff(saved, self.identity)
     if diff:
       raise RunStateError(
           f"The workdir {self.directory} holds a run with other settings ({_describe(diff)}). "
