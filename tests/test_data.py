@@ -254,15 +254,17 @@ def test_dataset_name_goes_to_datasets_and_its_failure_is_explained(tmp_path, mo
     load_records("absent/set")
 
 
-def test_arith_problems_are_correct_distinct_and_graded_by_the_gsm8k_task(tmp_path):
-  """The built-in arithmetic split: every worked step's arithmetic holds, the final answer is
+@pytest.mark.parametrize("name", ["arith", "arith_small"])
+def test_arith_problems_are_correct_distinct_and_graded_by_the_gsm8k_task(tmp_path, name):
+  """The built-in arithmetic splits: every worked step's arithmetic holds, the final answer is
   the gold the gsm8k task reads, train and test share no question, and the files are the
-  generator's output for seed 0."""
+  generator's output for seed 0 (`small` for arith_small, whose results stay under 100)."""
   import re  # pylint: disable=g-import-not-at-top
   from kdknob_jax.data import arith, get_task, load_records  # pylint: disable=g-import-not-at-top
+  small = name == "arith_small"
   task = get_task("gsm8k")
-  train = load_records("builtin:arith/train.jsonl")
-  test = load_records("builtin:arith/test.jsonl")
+  train = load_records(f"builtin:{name}/train.jsonl")
+  test = load_records(f"builtin:{name}/test.jsonl")
   assert (len(train), len(test)) == (4000, 500)
   assert not {r["question"] for r in train} & {r["question"] for r in test}
   ops = {"*": lambda a, b: a * b, "+": lambda a, b: a + b, "-": lambda a, b: a - b,
@@ -272,8 +274,9 @@ def test_arith_problems_are_correct_distinct_and_graded_by_the_gsm8k_task(tmp_pa
     assert len(steps) == 3, row
     for a, op, b, c in steps:
       assert ops[op](int(a), int(b)) == int(c), row
+      assert not small or int(c) < 100, row
     final = row["answer"].rsplit("####", 1)[1].strip()
     assert int(final) > 0 and task.gold(row) == final == steps[-1][3]
     assert task.is_correct(row["answer"], row)  # the worked solution grades as correct
-  paths = arith.write_splits(tmp_path, 4000, 500, 0)
+  paths = arith.write_splits(tmp_path, 4000, 500, 0, small=small)
   assert [json.loads(x) for x in paths["test"].read_text().splitlines()] == list(test)

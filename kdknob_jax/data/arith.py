@@ -6,9 +6,10 @@ steps, 35-60 tokens) and that a small model can learn on a CPU: GSM8K itself is 
 `answer` is the worked solution ending in `#### <number>`, so the `gsm8k` task's prompt, parser
 and grader apply unchanged (`task="gsm8k"`, `source="builtin:arith/train.jsonl"`).
 
-  python -m kdknob_jax.data.arith OUT_DIR [--train 4000] [--test 500] [--seed 0]
+  python -m kdknob_jax.data.arith OUT_DIR [--train 4000] [--test 500] [--seed 0] [--small]
 
-writes `train.jsonl` and `test.jsonl`; the built-in copies were written with the defaults.
+writes `train.jsonl` and `test.jsonl`; the built-in copies were written with the defaults
+(`builtin:arith`) and with `--small` (`builtin:arith_small`: one-digit factors, results under 100).
 Train and test share no question text.
 """
 
@@ -25,12 +26,15 @@ _NAMES = ("Ana", "Ben", "Chloe", "Dev", "Ema", "Farid", "Gita", "Hugo", "Ines", 
 _ITEMS = ("apples", "stickers", "marbles", "pencils", "cookies", "stamps", "shells", "cards")
 
 
-def _restock(r: random.Random) -> tuple[str, str, int]:
+def _restock(r: random.Random, small: bool) -> tuple[str, str, int]:
   name, item = r.choice(_NAMES), r.choice(_ITEMS)
-  a, boxes, per = r.randint(5, 60), r.randint(2, 9), r.randint(3, 12)
+  if small:
+    a, boxes, per = r.randint(2, 20), r.randint(2, 5), r.randint(2, 6)
+  else:
+    a, boxes, per = r.randint(5, 60), r.randint(2, 9), r.randint(3, 12)
   bought = boxes * per
   total = a + bought
-  gift = r.randint(1, total - 1)
+  gift = r.randint(1, min(total - 1, 9) if small else total - 1)
   left = total - gift
   q = (f"{name} has {a} {item}. {name} buys {boxes} boxes with {per} {item} in each, then "
        f"gives {gift} {item} to a friend. How many {item} does {name} have now?")
@@ -40,12 +44,15 @@ def _restock(r: random.Random) -> tuple[str, str, int]:
   return q, s, left
 
 
-def _change(r: random.Random) -> tuple[str, str, int]:
+def _change(r: random.Random, small: bool) -> tuple[str, str, int]:
   name, item = r.choice(_NAMES), r.choice(_ITEMS)
-  price, count = r.randint(2, 15), r.randint(2, 9)
+  if small:
+    price, count = r.randint(2, 9), r.randint(2, 5)
+  else:
+    price, count = r.randint(2, 15), r.randint(2, 9)
   cost = price * count
-  extra = r.randint(1, 9)
-  paid = (cost // 10 + 1) * 10 + 10 * r.randint(0, 3)
+  extra = r.randint(1, 5 if small else 9)
+  paid = (cost // 10 + 1) * 10 + 10 * r.randint(0, 1 if small else 3)
   spent = cost + extra
   while paid <= spent:
     paid += 10
@@ -58,12 +65,15 @@ def _change(r: random.Random) -> tuple[str, str, int]:
   return q, s, change
 
 
-def _pages(r: random.Random) -> tuple[str, str, int]:
+def _pages(r: random.Random, small: bool) -> tuple[str, str, int]:
   name = r.choice(_NAMES)
-  per_day, days, last = r.randint(4, 25), r.randint(2, 7), r.randint(1, 20)
+  if small:
+    per_day, days, last = r.randint(2, 9), r.randint(2, 5), r.randint(1, 9)
+  else:
+    per_day, days, last = r.randint(4, 25), r.randint(2, 7), r.randint(1, 20)
   read = per_day * days
   done = read + last
-  book = done + r.randint(5, 150)
+  book = done + (r.randint(1, 20) if small else r.randint(5, 150))
   left = book - done
   q = (f"A book has {book} pages. {name} reads {per_day} pages a day for {days} days and "
        f"then {last} more pages. How many pages are left to read?")
@@ -73,15 +83,20 @@ def _pages(r: random.Random) -> tuple[str, str, int]:
   return q, s, left
 
 
-def _rooms(r: random.Random) -> tuple[str, str, int]:
-  rows, per_row, rooms = r.randint(2, 6), r.randint(5, 20), r.randint(2, 8)
+def _rooms(r: random.Random, small: bool) -> tuple[str, str, int]:
+  if small:
+    rows, per_row, rooms = r.randint(2, 5), r.randint(3, 8), r.randint(2, 4)
+  else:
+    rows, per_row, rooms = r.randint(2, 6), r.randint(5, 20), r.randint(2, 8)
   total = rows * per_row
   # the chairs taken away leave a multiple of the rooms: the share is a whole number
   removed = total % rooms + rooms * r.randint(0 if total % rooms else 1, 2)
   removed = min(removed, total - rooms) if total - rooms >= 1 else removed
   kept = total - removed
   each = kept // rooms
-  q = (f"A hall has {rows} rows of {per_row} chairs. {removed} chairs are taken away, and the "
+  # Small numbers alone allow a few hundred of these: a name makes enough distinct questions.
+  place = f"{r.choice(_NAMES)}'s hall" if small else "A hall"
+  q = (f"{place} has {rows} rows of {per_row} chairs. {removed} chairs are taken away, and the "
        f"rest are shared equally among {rooms} rooms. How many chairs does each room get?")
   s = (f"The hall has {rows} * {per_row} = {total} chairs.\n"
        f"After {removed} are taken: {total} - {removed} = {kept} chairs.\n"
@@ -89,23 +104,26 @@ def _rooms(r: random.Random) -> tuple[str, str, int]:
   return q, s, each
 
 
-TEMPLATES: tuple[Callable[[random.Random], tuple[str, str, int]], ...] = (
+TEMPLATES: tuple[Callable[[random.Random, bool], tuple[str, str, int]], ...] = (
     _restock, _change, _pages, _rooms)
 
 
-def generate(n: int, seed: int, exclude: set[str] | None = None) -> list[dict]:
+def generate(n: int, seed: int, exclude: set[str] | None = None,
+             small: bool = False) -> list[dict]:
   """`n` distinct problems as {"question", "answer"} rows (templates in turn, seeded).
 
   Args:
     n: rows.
     seed: the generator's seed.
     exclude: question texts not to produce (another split's).
+    small: one-digit factors and small sums, so that every step is within a 135M model's
+      reach after a short fine-tune (the knob study's `builtin:arith_small`).
   """
   r = random.Random(seed)
   seen = set(exclude or ())
   rows = []
   while len(rows) < n:
-    q, s, _ = TEMPLATES[len(rows) % len(TEMPLATES)](r)
+    q, s, _ = TEMPLATES[len(rows) % len(TEMPLATES)](r, small)
     if q in seen:
       continue
     seen.add(q)
@@ -113,12 +131,14 @@ def generate(n: int, seed: int, exclude: set[str] | None = None) -> list[dict]:
   return rows
 
 
-def write_splits(out: Path, train: int, test: int, seed: int) -> dict[str, Path]:
+def write_splits(out: Path, train: int, test: int, seed: int,
+                 small: bool = False) -> dict[str, Path]:
   """train.jsonl and test.jsonl in `out` (the test questions first, so they stay fixed when
-  the train split grows)."""
+  the train split grows); `small` as in `generate`."""
   out.mkdir(parents=True, exist_ok=True)
-  test_rows = generate(test, seed + 1)
-  train_rows = generate(train, seed, exclude={row["question"] for row in test_rows})
+  test_rows = generate(test, seed + 1, small=small)
+  train_rows = generate(train, seed, exclude={row["question"] for row in test_rows},
+                        small=small)
   paths = {}
   for split, rows in (("train", train_rows), ("test", test_rows)):
     paths[split] = out / f"{split}.jsonl"
@@ -133,8 +153,10 @@ def main(argv=None) -> None:
   ap.add_argument("--train", type=int, default=4000)
   ap.add_argument("--test", type=int, default=500)
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--small", action="store_true", help="small numbers (builtin:arith_small)")
   args = ap.parse_args(argv)
-  for split, path in write_splits(Path(args.out), args.train, args.test, args.seed).items():
+  paths = write_splits(Path(args.out), args.train, args.test, args.seed, args.small)
+  for split, path in paths.items():
     print(f"{split}: {path}")
 
 
