@@ -103,10 +103,14 @@ def step_floor(params: dict, cfg, rows: int, context: int, repeats: int = 5) -> 
       q = jnp.einsum("rd,dnh->rnh", x, w["q_proj"], preferred_element_type=f32).astype(dt)
       k = jnp.einsum("rd,dkh->rkh", x, w["k_proj"], preferred_element_type=f32).astype(dt)
       v = jnp.einsum("rd,dkh->rkh", x, w["v_proj"], preferred_element_type=f32).astype(dt)
-      s = jnp.einsum("rkgh,rksh->rkgs", q.reshape(rows, kv, g, h), cache + k[:, :, None],
+      # The products read the cache as it is: an elementwise pass over it (adding the new
+      # keys, say) is not a matmul and would raise the floor with the context length. The
+      # new keys and values enter through a scalar, so that their projections are kept.
+      s = jnp.einsum("rkgh,rksh->rkgs", q.reshape(rows, kv, g, h), cache,
                      preferred_element_type=f32).astype(dt)
-      o = jnp.einsum("rkgs,rksh->rkgh", s, cache + v[:, :, None],
+      o = jnp.einsum("rkgs,rksh->rkgh", s, cache,
                      preferred_element_type=f32).astype(dt).reshape(rows, kv * g, h)
+      o = o + (jnp.sum(k) + jnp.sum(v)).astype(dt) * 1e-30
       x = x + jnp.einsum("rnh,nhd->rd", o, w["o_proj"], preferred_element_type=f32).astype(dt)
       a = jnp.einsum("rd,df->rf", x, w["gate_proj"], preferred_element_type=f32).astype(dt)
       b = jnp.einsum("rd,df->rf", x, w["up_proj"], preferred_element_type=f32).astype(dt)
