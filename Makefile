@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_MODEL ?= smollm2-135m-instruct
 
-.PHONY: install demo compare pilot pipeline knob bench-calibrate test clean
+.PHONY: install demo compare pilot pipeline knob knob-results bench-calibrate test clean
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ pipeline: install
 # The knob study (README, "The knob, shown"): about 2.5 h on a 2-core CPU; rerun to resume.
 knob: install
 	$(BIN)/python -m kdknob_jax.knob --config configs/knob_arith.py --workdir out/knob
+
+# The study's small results (report, figures, metrics, settings) into results/, to commit.
+knob-results:
+	$(BIN)/python -m kdknob_jax.experiments.knob_export out/knob results/knob_arith
 
 pilot: install
 	$(BIN)/python -m kdknob_jax.pilot --config configs/pilot_embedded.py --workdir out/pilot_embedded

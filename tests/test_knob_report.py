@@ -240,3 +240,25 @@ def test_samples_markdown_fences_text_that_holds_backticks(tmp_path):
   assert "````text\nuse ```code``` here\n````" in md
   assert "**teacher.original**: correct" in md and "**teacher.lam0_s0**: not evaluated" in md
   assert "Question 1" not in md
+
+
+def test_export_copies_the_small_results_and_leaves_weights_and_samples(tmp_path):
+  """`knob_export.export` copies the report, figures, stage plan, metrics and run settings, in
+  the workdir's layout, and nothing else; a folder that is not a study's workdir is refused
+  with the fix named."""
+  from kdknob_jax.experiments import knob_export  # pylint: disable=g-import-not-at-top
+  wd, dest = tmp_path / "wd", tmp_path / "results"
+  kept = ["report.md", "knob.json", "frontier.png", "stages.json",
+          "eval/teacher.original/metrics.json", "calib/lam0_s0/metrics.jsonl",
+          "calib/lam0_s0/run.json", "teacher_sft/run.json", "students/sft.original/run.json"]
+  left = ["eval/teacher.original/samples.json", "models/teacher/model.safetensors",
+          "calib/lam0_s0/checkpoints/8/state.safetensors", "traps/teacher.original.json"]
+  for i, name in enumerate(kept + left):
+    (wd / name).parent.mkdir(parents=True, exist_ok=True)
+    (wd / name).write_text(f"file {i}")
+  copied = knob_export.export(wd, dest)
+  assert sorted(p.relative_to(dest).as_posix() for p in copied) == sorted(kept)
+  assert all((dest / n).read_text() == (wd / n).read_text() for n in kept)
+  assert not any((dest / n).exists() for n in left)
+  with pytest.raises(FileNotFoundError, match="not a knob study's workdir.*--workdir"):
+    knob_export.export(tmp_path / "results" / "eval", tmp_path / "elsewhere")
