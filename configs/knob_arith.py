@@ -33,6 +33,9 @@ def get_config(arg: str | None = None):
   c.target, c.target_keep = "base", "0-14,21-29"
   c.cross_target, c.cross_lam = "gemma3-270m", -1.0
   c.lams, c.seeds, c.gkd_seeds = "-1,0,1", "0,1", "0"
+  # GKD students (the costliest) for the original teacher, the baselines, and the
+  # distillable one, which claim (c) compares with them.
+  c.gkd_lams = "1"
   mesh = dict(data=1, fsdp=-1, tensor=1)
 
   t = c.teacher_sft

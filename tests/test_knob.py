@@ -33,6 +33,9 @@ def test_knob_configs_pass_their_checks(arg):
 
 @pytest.mark.parametrize("override,fragment", [(dict(lams="-1,1"), "control 0"),
                                                (dict(gkd_seeds="5"), "gkd_seeds"),
+                                               (dict(gkd_lams="2", gkd_seeds="0",
+                                                     student_methods="sft,gkd_fkl"),
+                                                "gkd_lams"),
                                                (dict(student_methods="gkd_fkl"), "'sft'"),
                                                (dict(trap_rollouts=1), "trap_rollouts")])
 def test_knob_config_errors_name_the_setting(override, fragment):
@@ -113,3 +116,32 @@ def test_the_study_runs_every_stage_and_resumes_without_training_again(tmp_path)
   out = knob.run(knob_config.build(demo), wd, progress=False)
   assert "held-out accuracy" in out["summary"] and "calibrated teacher" in out["summary"]
   assert "r_cal" in out["summary"]
+
+
+def test_stage_order_puts_a_seeds_gkd_students_before_the_next_seed(tmp_path, monkeypatch):
+  """The plan's order, with the stages recorded instead of run: the original teacher's block,
+  seed 0's calibrations and SFT students, then the GKD students of the original teacher and of
+  `gkd_lams` only, then seed 1, then the cross-tokenizer calibration."""
+  from kdknob_jax.experiments import knob, knob_config  # pylint: disable=g-import-not-at-top
+  c = _load("knob_arith", "smoke")
+  c.lams, c.seeds, c.gkd_seeds, c.gkd_lams = "-1,0,1", "0,1", "0", "1"
+  c.student_methods, c.cross_target = "sft,gkd_rkl", "other"
+  calls = []
+  monkeypatch.setattr(knob, "train", lambda s, name, *a: calls.append(name))
+  monkeypatch.setattr(knob, "export_model", lambda spec, path, keep="": str(path))
+  monkeypatch.setattr(knob, "write_report", lambda wd, c: {})
+  def evaluate(self, row, spec):
+    self.models[row] = spec
+  monkeypatch.setattr(knob.Study, "evaluate", evaluate)
+  monkeypatch.setattr(knob.Study, "traps", lambda self, row, spec: None)
+  monkeypatch.setattr(knob, "_has_correct", lambda cache, c: True)
+  knob.run(knob_config.build(c), tmp_path / "study", progress=False)
+  runs = [name.split(" ")[1] for name in calls if name.startswith(("calibrate", "student"))]
+  assert runs == [
+      "sft.original",
+      "lam0_s0", "sft.lam0_s0", "lam-1_s0", "sft.lam-1_s0", "attack.lam-1_s0",
+      "lam+1_s0", "sft.lam+1_s0",
+      "gkd_rkl.original", "gkd_rkl.lam+1_s0",
+      "lam0_s1", "sft.lam0_s1", "lam-1_s1", "sft.lam-1_s1", "attack.lam-1_s1",
+      "lam+1_s1", "sft.lam+1_s1",
+      "xtok_lam-1_s0", "sft.xtok_lam-1_s0"]

@@ -176,23 +176,28 @@ def run(c: KnobConfig, workdir: str | Path, progress: bool = True) -> dict:
   paths = report()
   # λ = 0 first: the control every calibrated teacher is compared with.
   lams = sorted(c.lam_values, key=lambda x: (x != 0, x > 0))
+  gkd = [m for m in methods if m != "sft"]
+  gkd_lams = [lam for lam in lams if lam in c.gkd_lam_values]
+  first_gkd_seed = next((x for x in c.seed_values if x in c.gkd_seed_values), None)
   for seed in c.seed_values:
     for lam in lams:
       row, spec = _calibrated(s, lam, seed, target, cross=False)
       _students(s, row, spec, lam_name(lam), seed, lam, ["sft"], c.attacker and lam < 0)
     paths = report()
+    if gkd and seed in c.gkd_seed_values:
+      # The GKD students (the costliest) of this seed's teachers come before the next seed:
+      # claim (c) compares them with the original teacher's, the baselines.
+      if seed == first_gkd_seed:
+        _students(s, "teacher.original", teacher, "original", None, None, gkd, False)
+      for lam in gkd_lams:
+        name = f"{lam_name(lam)}_s{seed}"
+        _students(s, f"teacher.{name}", str(wd / "calib" / name), lam_name(lam), seed, lam,
+                  gkd, False)
+      paths = report()
   if str(c.cross_target).strip():
     seed = c.seed_values[0]
     row, spec = _calibrated(s, c.cross_lam, seed, str(c.cross_target), cross=True)
     _students(s, row, spec, f"xtok_{lam_name(c.cross_lam)}", seed, c.cross_lam, ["sft"], False)
-    paths = report()
-  gkd = [m for m in methods if m != "sft"]
-  for seed in (c.gkd_seed_values if gkd else ()):  # the costliest students come last
-    _students(s, "teacher.original", teacher, "original", None, None, gkd, False)
-    for lam in lams:
-      name = f"{lam_name(lam)}_s{seed}"
-      _students(s, f"teacher.{name}", str(wd / "calib" / name), lam_name(lam), seed, lam, gkd,
-                False)
     paths = report()
   return {"paths": paths, "seconds": time.perf_counter() - t0, "rows": s.rows}
 

@@ -40,7 +40,9 @@ class KnobConfig:
     distill: every student starts from this (teacher, student and method set per run).
     student_methods: how students of the original and the λ = 0 and calibrated teachers are
       trained; the GKD methods only for the teachers of `gkd_seeds`.
-    gkd_seeds: calibration seeds whose teachers also get GKD students.
+    gkd_seeds: calibration seeds whose teachers also get GKD students (run right after that
+      seed's calibrations, before the next seed's).
+    gkd_lams: of those, the λ values whose teachers get GKD students ("": every λ).
     attacker: an SFT student of each undistillable (λ < 0) teacher that keeps only its
       verified-correct samples.
     evaluation: every model's held-out evaluation (Table 2).
@@ -64,6 +66,7 @@ class KnobConfig:
   distill: DistillConfig = DistillConfig()
   student_methods: str = "sft,gkd_fkl,gkd_rkl"
   gkd_seeds: str = "0"
+  gkd_lams: str = ""
   attacker: bool = True
   evaluation: EvaluationSettings = EvaluationSettings()
   trap_questions: int = 32
@@ -82,6 +85,11 @@ class KnobConfig:
   @property
   def gkd_seed_values(self) -> tuple[int, ...]:
     return tuple(int(x) for x in str(self.gkd_seeds).split(",") if x.strip())
+
+  @property
+  def gkd_lam_values(self) -> tuple[float, ...]:
+    given = tuple(float(x) for x in str(self.gkd_lams).split(",") if x.strip())
+    return given or self.lam_values
 
 
 def base_config():
@@ -130,6 +138,9 @@ def check(c: KnobConfig) -> None:
     raise ConfigError(f"config.gkd_seeds {c.gkd_seeds!r} must be among config.seeds "
                       f"{c.seeds!r}.")
   every = methods(c.student_methods)
+  if (c.gkd_seed_values and set(every) - {"sft"}
+      and not set(c.gkd_lam_values) <= set(c.lam_values)):
+    raise ConfigError(f"config.gkd_lams {c.gkd_lams!r} must be among config.lams {c.lams!r}.")
   if "sft" not in every:
     raise ConfigError("config.student_methods must include 'sft' (the attacker and the "
                       "cross-tokenizer comparison use it).")
