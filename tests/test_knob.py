@@ -5,6 +5,7 @@ stage runs once, a rerun trains nothing again, the report covers what ran)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -110,6 +111,18 @@ def test_the_study_runs_every_stage_and_resumes_without_training_again(tmp_path)
   again = json.loads((wd / "stages.json").read_text())["seconds"]
   trained = [k for k in seconds if k.startswith(("teacher:", "calibrate", "student "))]
   assert trained and all(again[k] == seconds[k] for k in trained)
+  # completed later, as on a fresh checkout: the exported results copied into the same
+  # workdir path, without weights or checkpoints, resume with nothing trained, evaluated or
+  # scored again, and give the same report
+  from kdknob_jax.experiments import knob_export  # pylint: disable=g-import-not-at-top
+  knob_export.export(wd, tmp_path / "results")
+  wd.rename(tmp_path / "study_first")
+  shutil.copytree(tmp_path / "results", wd)
+  assert not list(wd.rglob("*.safetensors")) and not list(wd.rglob("checkpoints"))
+  knob.run(c, wd, progress=False)
+  assert json.loads((wd / "stages.json").read_text())["seconds"] == again
+  assert (wd / "report.md").read_text() == report
+  assert not list(wd.rglob("*.safetensors"))  # no model was rebuilt
   # the demo's stages are the study's first ones: on this workdir it only reads and summarizes
   demo = _smoke(tmp_path / "models")
   demo.demo, demo.lams = True, "-1"
@@ -128,11 +141,10 @@ def test_stage_order_puts_a_seeds_gkd_students_before_the_next_seed(tmp_path, mo
   c.student_methods, c.cross_target = "sft,gkd_rkl", "other"
   calls = []
   monkeypatch.setattr(knob, "train", lambda s, name, *a: calls.append(name))
+  # models are made when a stage needs them: here each evaluation asks for its model
   monkeypatch.setattr(knob, "export_model", lambda spec, path, keep="": str(path))
   monkeypatch.setattr(knob, "write_report", lambda wd, c: {})
-  def evaluate(self, row, spec):
-    self.models[row] = spec
-  monkeypatch.setattr(knob.Study, "evaluate", evaluate)
+  monkeypatch.setattr(knob.Study, "evaluate", lambda self, row, model: model())
   monkeypatch.setattr(knob.Study, "traps", lambda self, row, spec: None)
   monkeypatch.setattr(knob, "_has_correct", lambda cache, c: True)
   knob.run(knob_config.build(c), tmp_path / "study", progress=False)

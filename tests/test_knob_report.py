@@ -243,16 +243,18 @@ def test_samples_markdown_fences_text_that_holds_backticks(tmp_path):
 
 
 def test_export_copies_the_small_results_and_leaves_weights_and_samples(tmp_path):
-  """`knob_export.export` copies the report, figures, stage plan, metrics and run settings, in
-  the workdir's layout, and nothing else; a folder that is not a study's workdir is refused
+  """`knob_export.export` copies the report, figures, stage plan, evaluations, trap scores and
+  run settings, in the workdir's layout, and no weights, checkpoints or sample caches; a folder that is not a study's workdir is refused
   with the fix named."""
   from kdknob_jax.experiments import knob_export  # pylint: disable=g-import-not-at-top
   wd, dest = tmp_path / "wd", tmp_path / "results"
   kept = ["report.md", "knob.json", "frontier.png", "stages.json",
-          "eval/teacher.original/metrics.json", "calib/lam0_s0/metrics.jsonl",
-          "calib/lam0_s0/run.json", "teacher_sft/run.json", "students/sft.original/run.json"]
-  left = ["eval/teacher.original/samples.json", "models/teacher/model.safetensors",
-          "calib/lam0_s0/checkpoints/8/state.safetensors", "traps/teacher.original.json"]
+          "eval/teacher.original/metrics.json", "eval/teacher.original/samples.json",
+          "traps/teacher.original.json", "traps/student_samples.json",
+          "calib/lam0_s0/metrics.jsonl", "calib/lam0_s0/run.json", "teacher_sft/run.json",
+          "students/sft.original/run.json"]
+  left = ["models/teacher/model.safetensors", "calib/lam0_s0/checkpoints/8/state.safetensors",
+          "samples/lam0_s0.parquet", "calib/lam0_s0/.lock"]
   for i, name in enumerate(kept + left):
     (wd / name).parent.mkdir(parents=True, exist_ok=True)
     (wd / name).write_text(f"file {i}")

@@ -4,9 +4,15 @@
 
 A study's workdir holds model weights and checkpoints (hundreds of MB a model) beside its
 results; only the results are worth keeping in a repository: the report and its JSON, the
-figures, the stage plan with wall times, every model's evaluation metrics and the runs'
-settings and metric logs. Per-sample files (samples, trap scores) stay in the workdir.
-Rerunning after a resumed study refreshes the copy (files are overwritten, none deleted).
+figures, the stage plan with wall times, every model's evaluation (metrics and graded
+samples, which the report's bootstrap reads), the trap scores, and the runs' settings and
+metric logs. Rerunning after a resumed study refreshes the copy (files are overwritten, none
+deleted).
+
+The copy has the workdir's layout, so a study can be completed later from it: copy it into
+an empty workdir (`cp -r results/knob_arith/. out/knob/`) and run the study there. A stage
+whose results are in the copy, for the same settings, is not run again, and a model whose
+every stage is there is never rebuilt (`knob.Model`); only what is missing trains.
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ from pathlib import Path
 
 # (glob under the workdir) of every file copied; the layout of the copy is the workdir's.
 PATTERNS = ("report.md", "knob.json", "*.png", "stages.json", "eval/*/metrics.json",
-            "calib/*/metrics.jsonl", "calib/*/run.json", "teacher_sft/metrics.jsonl",
-            "teacher_sft/run.json", "students/*/metrics.jsonl", "students/*/run.json")
+            "eval/*/samples.json", "traps/*.json", "calib/*/metrics.jsonl", "calib/*/run.json",
+            "teacher_sft/metrics.jsonl", "teacher_sft/run.json", "students/*/metrics.jsonl",
+            "students/*/run.json")
 
 
 def export(workdir: str | Path, dest: str | Path) -> list[Path]:

@@ -96,6 +96,18 @@ def _eval_settings(e: EvaluationSettings) -> dict:
   return json.loads(json.dumps(settings_lib.as_dict(e)))
 
 
+def evaluation_on_disk(e: EvaluationSettings, spec: str, out: Path, dtype: str) -> bool:
+  """Whether `out` holds an evaluation of `spec` with settings `e` (its samples included),
+  whatever training step it was taken at: for a study that reads finished rows back from
+  committed results, where the model's checkpoints are not at hand."""
+  from kdknob_jax.evals.report import read_metrics  # pylint: disable=g-import-not-at-top
+  if not ((out / "metrics.json").is_file() and (out / "samples.json").is_file()):
+    return False
+  saved = dict(read_metrics(out).get("config", {}).get("pipeline") or {})
+  saved.pop("model_step", None)
+  return saved == dict(_eval_settings(e), model=str(spec), dtype=dtype)
+
+
 def evaluate_model(e: EvaluationSettings, spec: str, out: Path, label: str, progress: bool,
                    dtype: str, max_new_tokens: int) -> dict:
   """Evaluates one model (any spec `resolve.load_trained` takes) on `e` into `out`, or reads the
