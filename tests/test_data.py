@@ -280,3 +280,12 @@ def test_arith_problems_are_correct_distinct_and_graded_by_the_gsm8k_task(tmp_pa
     assert task.is_correct(row["answer"], row)  # the worked solution grades as correct
   paths = arith.write_splits(tmp_path, 4000, 500, 0, small=small)
   assert [json.loads(x) for x in paths["test"].read_text().splitlines()] == list(test)
+
+
+def test_builtin_rows_are_located_by_their_builtin_name():
+  """Reports record each row's origin; a built-in file's is its `builtin:` name, which holds on
+  every machine, not the path the package happens to be installed at."""
+  from kdknob_jax.data import load_records  # pylint: disable=g-import-not-at-top
+  rows = load_records("builtin:arith_small/test.jsonl", offset=2, limit=3)
+  assert [rows.where(i) for i in range(3)] == [
+      f"builtin:arith_small/test.jsonl:{n}" for n in (3, 4, 5)]

@@ -223,7 +223,11 @@ def load_records(source: str, split: str | None = None, limit: int | None = None
   path, tried = _resolve(str(source), split)
   if path is not None:
     rows = _read_file(path)
-    where = str(path)
+    if str(source).startswith(BUILTIN_PREFIX):
+      # Rows say where they came from in the reports a run writes: the package's own name for
+      # the file, not where this machine installed it.
+      rows.source = str(source)
+    where = rows.source
   elif str(source).startswith(BUILTIN_PREFIX):
     present = sorted(str(p.relative_to(BUILTIN_ROOT)) for p in BUILTIN_ROOT.rglob("*")
                      if p.suffix in SUFFIXES) if BUILTIN_ROOT.is_dir() else []
