@@ -2,11 +2,12 @@
 
 Testbed: SmolLM2-135M-Instruct fine-tuned on the built-in three-step arithmetic word problems
 with small numbers (`builtin:arith_small`, GSM8K's format and grader) is the original
-teacher. The evaluated student is SmolLM2-135M-Instruct itself, as it was before that tuning (it shares the teacher's tokenizer,
-so GKD and the token-level traps apply); the calibration target is a proxy of it, not the
-student: the same model cut to 24 of its 30 layers (15–20 dropped). One extra calibration
-targets Gemma-3-270M, whose tokenizer differs. λ ∈ {−1, 0, +1} × seeds {0, 1}; λ = 0 is the
-control (the same RL with the calibration reward off).
+teacher. The evaluated student is SmolLM2-135M-Instruct itself, as it was before that tuning
+(it shares the teacher's tokenizer, so GKD and the token-level traps apply); the calibration
+target is a proxy of it, not the student: the same model cut to 24 of its 30 layers (15–20
+dropped). One extra calibration targets Gemma-3-270M, whose tokenizer differs.
+λ ∈ {−1, 0, +1} × seeds {0, 1}; λ = 0 is the control (the same RL with the calibration reward
+off).
 
   python -m kdknob_jax.knob --config configs/knob_arith.py --workdir out/knob
 

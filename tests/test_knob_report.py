@@ -244,8 +244,8 @@ def test_samples_markdown_fences_text_that_holds_backticks(tmp_path):
 
 def test_export_copies_the_small_results_and_leaves_weights_and_samples(tmp_path):
   """`knob_export.export` copies the report, figures, stage plan, evaluations, trap scores and
-  run settings, in the workdir's layout, and no weights, checkpoints or sample caches; a folder that is not a study's workdir is refused
-  with the fix named."""
+  run settings, in the workdir's layout, and no weights, checkpoints or sample caches; a folder
+  that is not a study's workdir is refused with the fix named."""
   from kdknob_jax.experiments import knob_export  # pylint: disable=g-import-not-at-top
   wd, dest = tmp_path / "wd", tmp_path / "results"
   kept = ["report.md", "knob.json", "frontier.png", "stages.json",

@@ -68,11 +68,14 @@ class Model:
 
   def current(self) -> bool:
     """Whether results on disk can be this model's: its run was started with `config`."""
-    if self.run_dir is None:
-      return True
-    if not (Path(self.run_dir) / "run.json").is_file():
-      return False
-    return not identity_diff(read_identity(self.run_dir), self.config.identity())
+    return self.run_dir is None or _same_settings(self.run_dir, self.config)
+
+
+def _same_settings(run_dir: Path, config) -> bool:
+  """Whether `run_dir` holds a run started with `config`'s settings (False: no run there)."""
+  if not (Path(run_dir) / "run.json").is_file():
+    return False
+  return not identity_diff(read_identity(run_dir), config.identity())
 
 
 class Study:
@@ -136,8 +139,7 @@ class Study:
 def train(s: Study, name: str, fn, config, run_dir: Path) -> None:
   """A calibration or distillation stage; one whose workdir already holds its last step under
   the same settings is not reloaded (resuming a study skips its finished runs in seconds)."""
-  if (resolve.workdir_step(run_dir) == config.steps
-      and not identity_diff(read_identity(run_dir), config.identity())):
+  if resolve.workdir_step(run_dir) == config.steps and _same_settings(run_dir, config):
     return
   s.stage(name, fn, config, run_dir, progress=s.progress)
 
