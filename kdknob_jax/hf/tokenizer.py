@@ -133,20 +133,7 @@ class Tokenizer:
     if not self.chat_template:
       raise ValueError(f"The tokenizer in {self.directory} has no chat template (a base model?); "
                        "pass plain text prompts instead of chat messages.")
-    from jinja2 import ext  # pylint: disable=g-import-not-at-top
-    from jinja2.exceptions import TemplateError  # pylint: disable=g-import-not-at-top
-    from jinja2.sandbox import ImmutableSandboxedEnvironment  # pylint: disable=g-import-not-at-top
-
-    def raise_exception(message):
-      raise TemplateError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[ext.loopcontrols])
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
-    env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, indent=indent,
-                                                                  ensure_ascii=False)
-    return env.from_string(self.chat_template).render(
+    return _compiled_template(self.chat_template).render(
         messages=list(messages), add_generation_prompt=add_generation_prompt,
         bos_token=self.bos_token or "", eos_token=self.eos_token or "", **kwargs)
 
@@ -248,6 +235,26 @@ def gguf_tokenizer_dir(gguf: Path) -> Path:
       raise TokenizerNotFoundError(f"Could not build a tokenizer from {gguf}:\n"
                                    f"{proc.stderr[-2000:]}")
   return out
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_template(template: str):
+  """A chat template compiled once: compiling is ~1000x the cost of rendering, and a run
+  renders every training prompt (two tokenizers' worth for calibration) before its first step."""
+  from jinja2 import ext  # pylint: disable=g-import-not-at-top
+  from jinja2.exceptions import TemplateError  # pylint: disable=g-import-not-at-top
+  from jinja2.sandbox import ImmutableSandboxedEnvironment  # pylint: disable=g-import-not-at-top
+
+  def raise_exception(message):
+    raise TemplateError(message)
+
+  env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                      extensions=[ext.loopcontrols])
+  env.globals["raise_exception"] = raise_exception
+  env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+  env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, indent=indent,
+                                                                ensure_ascii=False)
+  return env.from_string(template)
 
 
 def load_tokenizer(source: ModelSource, extra_eos_ids: Sequence[int] = ()) -> Tokenizer:
