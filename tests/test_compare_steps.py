@@ -100,7 +100,9 @@ def test_cli_exit_codes(tmp_path):
 @pytest.mark.slow
 def test_embedded_teacher_updates_match_trl(tmp_path):
   out = tmp_path / "steps.json"
-  assert main(["steps", "--json", str(out)]) == 0
+  # 8 new tokens (the command's default is 16): the real model's widths are what this adds to
+  # the tiny comparison, and the torch side's forward and backward dominate the test's time
+  assert main(["steps", "--tokens", "8", "--json", str(out)]) == 0
   r = json.loads(out.read_text())
   assert r["model"] == "smollm2-135m-instruct" and r["student_keep"] == "0-14,21-29"
   for name in UPDATES:

@@ -36,7 +36,8 @@ def ours32(embedded):
 @pytest.mark.slow
 def test_float32_parity_and_greedy_agreement(embedded, ours32):
   name, ref = embedded
-  result = compare(name, "float32", PROMPTS, new_tokens=32, torch_model=ref,
+  # 16 greedy tokens: the decoder test below follows HF `generate` for 32 on every prompt
+  result = compare(name, "float32", PROMPTS, new_tokens=16, torch_model=ref,
                    float32_model=ours32)
   o = result["overall"]
   assert o["mean_kl"] <= 1e-4, o
