@@ -22,6 +22,11 @@ def test_knob_configs_pass_their_checks(arg):
   assert (0.0 in c.lam_values) != c.demo  # the demo alone skips the control
   cal = knob_config.calibration(c, "T", "P", -1.0, 1)
   assert (cal.teacher, cal.target, cal.lam, cal.seed) == ("T", "P", -1.0, 1)
+  # the cross target (Gemma-3-270M, a base model) scores plain text, the proxy its chat format
+  cross = knob_config.calibration(c, "T", "X", -1.0, 0, cross=True)
+  assert cross.target_chat == c.cross_target_chat and cal.target_chat == c.calibrate.target_chat
+  if arg is None:
+    assert not cross.target_chat and cal.target_chat
   stage0 = knob_config.teacher_stage(c)
   assert (stage0.teacher, stage0.student, stage0.method) == ("reference", c.base, "sft")
   attack = knob_config.student_run(c, "T", "S", "sft", "x.parquet", filtered=True)

@@ -205,7 +205,7 @@ def _calibrated(s: Study, teacher: Model, lam: float, seed: int, target: Model, 
   row, run_dir = f"teacher.{name}", s.wd / "calib" / name
   group = f"{'xtok_' if cross else ''}{lam_name(lam)}"
   s.plan(row, group, "none", seed, lam, cross)
-  config = calibration_config(s.c, teacher.spec, target.spec, lam, seed)
+  config = calibration_config(s.c, teacher.spec, target.spec, lam, seed, cross)
   model = _trained(s, f"calibrate {name} (target {target.spec})", calibration.run, config,
                    run_dir, (teacher, target))
   s.evaluate(row, model)

@@ -33,6 +33,8 @@ class KnobConfig:
       (the paper's is a smaller model of the student's family).
     cross_target: a model with another tokenizer, the target of one extra calibration ("": none).
     cross_lam: that calibration's λ.
+    cross_target_chat: whether the cross target scores the teacher's text under its chat
+      template; False for a base model without one (Gemma-3-270M, the embedded cross target).
     lams: the λ values calibrated (0 is the control: the same RL with r_cal off).
     seeds: the calibrations' seeds, in the order they run (each seed's stages finish before
       the next seed's start).
@@ -60,6 +62,7 @@ class KnobConfig:
   target_keep: str = "0-14,21-29"
   cross_target: str = ""
   cross_lam: float = -1.0
+  cross_target_chat: bool = False
   lams: str = "-1,0,1"
   seeds: str = "0,1"
   calibrate: CalibConfig = CalibConfig()
@@ -113,9 +116,13 @@ def teacher_stage(c: KnobConfig) -> DistillConfig:
                              student_keep="", method="sft", samples_per_prompt=1)
 
 
-def calibration(c: KnobConfig, teacher: str, target: str, lam: float, seed: int) -> CalibConfig:
-  """One calibration of the tuned teacher against `target`."""
-  return dataclasses.replace(c.calibrate, teacher=teacher, target=target, lam=lam, seed=seed)
+def calibration(c: KnobConfig, teacher: str, target: str, lam: float, seed: int,
+                cross: bool = False) -> CalibConfig:
+  """One calibration of the tuned teacher against `target` (the cross-tokenizer one when
+  `cross`: its target's prompt format is `cross_target_chat`)."""
+  extra = {"target_chat": c.cross_target_chat} if cross else {}
+  return dataclasses.replace(c.calibrate, teacher=teacher, target=target, lam=lam, seed=seed,
+                             **extra)
 
 
 def student_run(c: KnobConfig, teacher: str, student: str, method: str, cache: str,
