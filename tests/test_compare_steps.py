@@ -72,7 +72,13 @@ def test_tiny_updates_match_trl(tiny_result):
     assert set(TOLERANCES) >= set(f)
     # A tiny model leaves float32 rounding far below the tolerances on every side.
     assert s["grad_rel_max"] < 1e-5 and s["grad_rel_t32_max"] < 1e-5, (name, s)
-    assert s["new_value_rel_max"] < 1e-6 and s["e2e_new_value_rel_max"] < 1e-6, (name, s)
+    assert s["new_value_rel_max"] < 1e-6, (name, s)  # two optimizers on one gradient
+    # End to end, Adam's first step lr * g / (|g| + eps) turns each element's relative gradient
+    # rounding into an update error, and that rounding depends on the CPU's kernels (a fixed
+    # 1e-6 on the updated values held on a Xeon, not on a Zen 4 EPYC: 1.3e-6). So the update
+    # is held against the float64 reference as close as torch's own float32 update is (ratio
+    # 0.08 / 1.8 / 0.86 on that EPYC), with no element moved the other way.
+    assert s["e2e_update_rel_t64_max"] <= 4 * s["t32_update_rel_max"], (name, s)
     assert s["initial_rel_max"] == 0.0
     assert s["update_sign_agreement"] == 1.0
   c = r["calibration"]

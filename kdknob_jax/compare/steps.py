@@ -220,7 +220,9 @@ def _calibration(s: StepsSettings, teacher, t32, t64, prompts, owner, rows, rewa
              "t64": theirs(ref["t64"]["grads"])},
       old={"ours": keys(lora), "t32": keys(lora)},
       new={"ours": keys(ours["new"]), "t32": theirs(ref["t32"]["new"]),
-           "opt": keys(steps_jax.optimizer_step(optimizer, lora, grads_t32))})
+           "opt": keys(steps_jax.optimizer_step(optimizer, lora, grads_t32)),
+           "opt64": keys(steps_jax.optimizer_step(
+               optimizer, lora, adapters_map.lora_from_peft(ref["t64"]["grads"], lora)))})
   trl_adv = ref["t32"]["advantages"]
   scale = float(np.abs(trl_adv["normalize_then_sum"]).mean())
   loss = _pair(ours["loss"], ref["t32"]["loss"], ref["t64"]["loss"], scale)
@@ -300,7 +302,8 @@ def _distillation(name: str, s: StepsSettings, teacher, student, models, s_state
       grads={"ours": keys(ours["grads"]), "t32": keys(grads_t32), "t64": keys(grads_t64)},
       old={"ours": keys(student.params), "t32": keys(old)},
       new={"ours": keys(ours["new"]), "t32": keys(new_t32),
-           "opt": keys(steps_jax.optimizer_step(optimizer, old, grads_t32))})
+           "opt": keys(steps_jax.optimizer_step(optimizer, old, grads_t32)),
+           "opt64": keys(steps_jax.optimizer_step(optimizer, old, grads_t64))})
   out = _figures(name, per, _pair(ours["loss"], loss_t32, loss_t64), {})
   out.update(grad_norm=_pair(ours["grad_norm"], norm_t32, norm_t64),
              setup={"jsd_beta": beta, "on_policy_share": share, "temperature": 1.0,

@@ -40,6 +40,12 @@ DEFINITIONS = {
                       "lr * g / (|g| + eps) ~ lr * sign(g), so an element whose gradient is ~0 "
                       "on one side and ~-0 on the other moves by 2 lr apart: this figure "
                       "counts such elements, not the gradients' agreement",
+    "e2e_update_rel_t64": "rel(our new - old, the float64 reference's): our end-to-end update "
+                          "against our optimizer's step on torch64's gradients",
+    "t32_update_rel": "rel(torch32's update, the float64 reference's), both through our "
+                      "optimizer: how far float32 gradients alone move an Adam update (its "
+                      "normalization turns each element's relative rounding into an update "
+                      "error), the floor for e2e_update_rel_t64",
     "update_sign_agreement": "share of elements whose end-to-end update has the same sign on "
                              "both sides",
     "flip_grad": "over the elements whose end-to-end update signs differ, the largest |torch64 "
@@ -68,8 +74,8 @@ def tensor_figures(grads: Mapping[str, Mapping], old: Mapping[str, Mapping],
   Args:
     grads: {"ours", "t32", "t64"} → {key: gradient}, our layout.
     old: {"ours", "t32"} → {key: value before the step}.
-    new: {"ours", "t32", "opt"} → {key: value after the step}; "opt" is our optimizer's step
-      on torch32's gradients.
+    new: {"ours", "t32", "opt", "opt64"} → {key: value after the step}; "opt" and "opt64"
+      are our optimizer's step on torch32's and on torch64's gradients.
 
   Raises:
     ValueError: the sides do not hold the same keys or shapes.
@@ -86,6 +92,8 @@ def tensor_figures(grads: Mapping[str, Mapping], old: Mapping[str, Mapping],
       raise ValueError(f"Tensor {k}: the sides' shapes differ: {sorted(shapes)}.")
     d_ours = np.asarray(new["ours"][k], np.float64) - np.asarray(old["ours"][k], np.float64)
     d_t32 = np.asarray(new["t32"][k], np.float64) - np.asarray(old["t32"][k], np.float64)
+    start = np.asarray(old["t32"][k], np.float64)
+    d_opt, d_opt64 = (np.asarray(new[side][k], np.float64) - start for side in ("opt", "opt64"))
     changed = bool(np.any(d_t32 != 0.0))
     flips = np.sign(d_ours) != np.sign(d_t32)
     g64 = np.asarray(grads["t64"][k], np.float64)
@@ -99,6 +107,8 @@ def tensor_figures(grads: Mapping[str, Mapping], old: Mapping[str, Mapping],
         "new_value_rel": rel(new["opt"][k], new["t32"][k]) if changed else 0.0,
         "e2e_new_value_rel": rel(new["ours"][k], new["t32"][k]) if changed else 0.0,
         "e2e_update_rel": rel(d_ours, d_t32) if changed else 0.0,
+        "e2e_update_rel_t64": rel(d_ours, d_opt64) if changed else 0.0,
+        "t32_update_rel": rel(d_opt, d_opt64) if changed else 0.0,
         "changed": changed,
         "sign_agree": int(flips.size - np.sum(flips)),
         "flip_grad": float(np.abs(g64[flips]).max() / rms) if flips.any() and rms else 0.0,
@@ -109,7 +119,8 @@ def tensor_figures(grads: Mapping[str, Mapping], old: Mapping[str, Mapping],
 
 # The per-tensor figures `summary` and `by_group` take maxima of.
 MAXIMA = ("initial_rel", "grad_rel", "grad_rel_t32", "t32_grad_rel", "new_value_rel",
-          "e2e_new_value_rel", "e2e_update_rel", "flip_grad")
+          "e2e_new_value_rel", "e2e_update_rel", "e2e_update_rel_t64", "t32_update_rel",
+          "flip_grad")
 
 
 def summary(per_tensor: Mapping[str, Mapping]) -> dict:
