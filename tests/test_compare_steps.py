@@ -112,7 +112,10 @@ def test_embedded_teacher_updates_match_trl(tmp_path):
   r = json.loads(out.read_text())
   assert r["model"] == "smollm2-135m-instruct" and r["student_keep"] == "0-14,21-29"
   for name in UPDATES:
-    assert r[name]["summary"]["grad_rel_max"] < 1e-4, r[name]["summary"]
+    s = r[name]["summary"]
+    assert s["grad_rel_max"] < 1e-4, s
+    # As in the tiny comparison (0.34-0.75 of torch's own on a Zen 4 EPYC).
+    assert s["e2e_update_rel_t64_max"] <= 4 * s["t32_update_rel_max"], s
   assert r["gkd_fkl"]["setup"]["hf_padding_idx"] == 2  # SmolLM2's <|im_end|>
 
 
