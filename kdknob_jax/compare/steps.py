@@ -215,14 +215,13 @@ def _calibration(s: StepsSettings, teacher, t32, t64, prompts, owner, rows, rewa
     return keys(adapters_map.lora_from_peft(flat, lora))
 
   grads_t32 = adapters_map.lora_from_peft(ref["t32"]["grads"], lora)
+  grads_t64 = adapters_map.lora_from_peft(ref["t64"]["grads"], lora)
   per = steps_figures.tensor_figures(
-      grads={"ours": keys(ours["grads"]), "t32": keys(grads_t32),
-             "t64": theirs(ref["t64"]["grads"])},
+      grads={"ours": keys(ours["grads"]), "t32": keys(grads_t32), "t64": keys(grads_t64)},
       old={"ours": keys(lora), "t32": keys(lora)},
       new={"ours": keys(ours["new"]), "t32": theirs(ref["t32"]["new"]),
            "opt": keys(steps_jax.optimizer_step(optimizer, lora, grads_t32)),
-           "opt64": keys(steps_jax.optimizer_step(
-               optimizer, lora, adapters_map.lora_from_peft(ref["t64"]["grads"], lora)))})
+           "opt64": keys(steps_jax.optimizer_step(optimizer, lora, grads_t64))})
   trl_adv = ref["t32"]["advantages"]
   scale = float(np.abs(trl_adv["normalize_then_sum"]).mean())
   loss = _pair(ours["loss"], ref["t32"]["loss"], ref["t64"]["loss"], scale)

@@ -91,9 +91,9 @@ def tensor_figures(grads: Mapping[str, Mapping], old: Mapping[str, Mapping],
     if len(shapes) != 1:
       raise ValueError(f"Tensor {k}: the sides' shapes differ: {sorted(shapes)}.")
     d_ours = np.asarray(new["ours"][k], np.float64) - np.asarray(old["ours"][k], np.float64)
-    d_t32 = np.asarray(new["t32"][k], np.float64) - np.asarray(old["t32"][k], np.float64)
     start = np.asarray(old["t32"][k], np.float64)
-    d_opt, d_opt64 = (np.asarray(new[side][k], np.float64) - start for side in ("opt", "opt64"))
+    d_t32, d_opt, d_opt64 = (np.asarray(new[side][k], np.float64) - start
+                             for side in ("t32", "opt", "opt64"))
     changed = bool(np.any(d_t32 != 0.0))
     flips = np.sign(d_ours) != np.sign(d_t32)
     g64 = np.asarray(grads["t64"][k], np.float64)

@@ -207,7 +207,7 @@ def table4(workdir: str | Path, draws: int, seed: int = 0) -> dict:
     else:
       missing.append(row)
   order = [g for g in groups if g in found]
-  rows, data = _pool(found, order, _trap_stat, ("token_rkl", "seq_rkl", "wrong_preference"),
+  rows, data = _pool(found, order, trap_stat, ("token_rkl", "seq_rkl", "wrong_preference"),
                      draws, seed, "table4")
   for group, r in rows.items():
     total = np.sum([v.sum(axis=0) for _, v in data[group]], axis=0)
@@ -246,7 +246,7 @@ def claims(t2: dict, t4: dict, draws: int = 2000, seed: int = 0) -> list[dict]:
     out.append({"claim": claim, "figures": figures, "holds": holds,
                 **dict(zip(("estimate", "lo", "hi"), ci))})
 
-  def compare(claim, a, b, how=np.subtract, data=acc, stat=_accuracy, key=""):
+  def compare(claim, a, b, how=np.subtract, data=acc, stat=accuracy_stat, key=""):
     """(estimate, lo, hi) of a against b; None, with the claim added as untestable, when a
     side is not measured (or quietly, for a claim's secondary figure: claim None)."""
     gone = [x for x in (a, b) if x not in data]
@@ -288,7 +288,7 @@ def claims(t2: dict, t4: dict, draws: int = 2000, seed: int = 0) -> list[dict]:
     for i, name, fmt in ((0, "token RKL", lambda c: _num_ci(c, 4)),
                          (2, "wrong-trace preference", _pts_ci)):
       claim = f"(d) {name} goes {'up' if sign > 0 else 'down'} for {g} against {control}"
-      ci = compare(claim, g, control, data=t4["data"], stat=lambda v, i=i: _trap_stat(v)[i])
+      ci = compare(claim, g, control, data=t4["data"], stat=lambda v, i=i: trap_stat(v)[i])
       if ci is not None:
         add(claim, f"Δ {fmt(ci)} (CI {'excludes' if ci[1] > 0 or ci[2] < 0 else 'includes'} 0)",
             bool(sign * ci[0] > 0), ci)
@@ -363,12 +363,14 @@ def _pool(found: dict, order: list, stat: Stat, metrics: Sequence[str], draws: i
   return rows, data
 
 
-def _trap_stat(v: np.ndarray) -> np.ndarray:
+def trap_stat(v: np.ndarray) -> np.ndarray:
+  """Table 4's [token RKL, sequence RKL, wrong-trace share] of `trap_arrays`' rows."""
   s = v.sum(axis=0)
   return _ratio(s[[0, 2, 4]], s[[1, 3, 5]])
 
 
-def _accuracy(v: np.ndarray) -> float:
+def accuracy_stat(v: np.ndarray) -> float:
+  """Mean accuracy of `per_question_metrics`' rows."""
   return float(v[:, 0].mean())
 
 

@@ -27,19 +27,18 @@ def _traps(name):
 
 def main():
   rng = np.random.default_rng(0)
-  mean_accuracy = lambda v: float(np.mean(v[:, 0]))
-  token_rkl = lambda v: float(v[:, 0].sum() / v[:, 1].sum())
-  wrong_trace = lambda v: float(v[:, 4].sum() / max(v[:, 5].sum(), 1))
+  token_rkl = lambda v: float(kr.trap_stat(v)[0])
+  wrong_trace = lambda v: float(kr.trap_stat(v)[2])
   out = {}
   for kind in ("teacher", "sft"):
     for other in ("lam0_s0", "lam-1_s0"):
       (ia, va), (ib, vb) = _accuracy(f"{kind}.xtok_lam-1_s0"), _accuracy(f"{kind}.{other}")
       assert (ia == ib).all(), "the two evaluations must grade the same questions"
-      e, lo, hi = kr.bootstrap_diff([va], [vb], mean_accuracy, 2000, rng)
+      e, lo, hi = kr.bootstrap_diff([va], [vb], kr.accuracy_stat, 2000, rng)
       out[f"{kind}: xtok_lam-1_s0 - {other}, accuracy points"] = [
           round(100 * x, 1) for x in (e, lo, hi)]
   e, lo, hi = kr.bootstrap_ratio([_accuracy("teacher.xtok_lam-1_s0")[1]],
-                                 [_accuracy("teacher.lam0_s0")[1]], mean_accuracy, 2000, rng)
+                                 [_accuracy("teacher.lam0_s0")[1]], kr.accuracy_stat, 2000, rng)
   out["teacher: xtok_lam-1_s0 / lam0_s0, accuracy"] = [round(x, 3) for x in (e, lo, hi)]
   for other in ("lam0_s0", "lam-1_s0"):
     (ia, va), (ib, vb) = _traps("xtok_lam-1_s0"), _traps(other)
