@@ -80,12 +80,15 @@ def _steps(argv) -> int:
                   help="calibration's AdamW decay (the students use 0)")
   ap.add_argument("--clip", type=float, default=d.optimizer.clip)
   ap.add_argument("--seed", type=int, default=d.seed)
+  ap.add_argument("--updates", default=",".join(d.updates),
+                  help="which updates to compare, comma-separated (default: %(default)s)")
   ap.add_argument("--json", help="write every figure here")
   args = ap.parse_args(argv)
   settings = StepsSettings(
       model=args.model, student=args.student, student_keep=args.student_keep,
       prompts=args.prompts, group_size=args.group_size, tokens=args.tokens, rank=args.rank,
       alpha=args.alpha, b_scale=args.b_scale, lam=args.lam, beta=args.beta, seed=args.seed,
+      updates=tuple(u.strip() for u in args.updates.split(",") if u.strip()),
       optimizer=dataclasses.replace(d.optimizer, lr=args.lr, weight_decay=args.weight_decay,
                                     clip=args.clip))
   try:

@@ -33,6 +33,7 @@ from kdknob_jax.models.lora import LoraConfig, init_lora
 from kdknob_jax.runs.resolve import load_student
 from kdknob_jax.train.settings import OptimizerSettings
 
+UPDATES = ("calibration", "gkd_fkl", "gkd_rkl")
 # Where our definitions and TRL 1.16's differ; each comparison is set up where they agree.
 DEPARTURES = (
     "advantages: ours (the paper's, renormalize=False) are sum_k w_k * group_norm(r_k); no TRL "
@@ -94,6 +95,8 @@ class StepsSettings:
     lam, task_weight, beta: λ, the task reward's weight, the KL anchor's weight.
     optimizer: calibration's AdamW (the students use it with weight_decay 0).
     seed: of the prompts (without a tokenizer), rollouts, rewards and adapters.
+    updates: which of `UPDATES` to compare (a GKD-only run skips the adapters, a
+      calibration-only one the student's copies).
   """
   model: str = EMBEDDED_TEACHER
   student: str = ""
@@ -110,9 +113,14 @@ class StepsSettings:
   optimizer: OptimizerSettings = OptimizerSettings(lr=1e-4, warmup_steps=0, clip=1.0,
                                                    weight_decay=0.01)
   seed: int = 0
+  updates: tuple[str, ...] = ("calibration", "gkd_fkl", "gkd_rkl")
 
   def check(self) -> None:
     """Raises ConfigError naming a value the comparison cannot run with."""
+    unknown = [u for u in self.updates if u not in UPDATES]
+    if unknown or not self.updates:
+      raise ConfigError(f"--updates must name some of {', '.join(UPDATES)}, got "
+                        f"{','.join(self.updates) or 'none'}.")
     if not 1 <= self.prompts <= len(DEFAULT_PROMPTS):
       raise ConfigError(f"--prompts must be 1..{len(DEFAULT_PROMPTS)}, got {self.prompts}.")
     if self.group_size < 2:
@@ -312,7 +320,7 @@ def _distillation(name: str, s: StepsSettings, teacher, student, models, s_state
 
 
 def compare_steps(s: StepsSettings) -> dict:
-  """Runs the three comparisons and returns every figure (see `steps_figures`).
+  """Runs the comparisons `s.updates` names and returns every figure (see `steps_figures`).
 
   Raises:
     ConfigError: a setting the comparison cannot run with.
@@ -329,9 +337,10 @@ def compare_steps(s: StepsSettings) -> dict:
     keep_spec = (EMBEDDED_STUDENT_KEEP if student_name == EMBEDDED_TEACHER
                  else ",".join(str(i) for i in range(n_layers) if i != n_layers // 2))
   keep = parse_keep(keep_spec, n_layers)
+  gkd = [u for u in ("gkd_fkl", "gkd_rkl") if u in s.updates]
   teacher = load_model(source, "float32")
-  student = load_student(student_name, keep_spec, "float32")
-  if student.config.vocab_size != teacher.config.vocab_size:
+  student = load_student(student_name, keep_spec, "float32") if gkd else None
+  if student is not None and student.config.vocab_size != teacher.config.vocab_size:
     raise ConfigError(f"The student's vocabulary ({student.config.vocab_size}) is not the "
                       f"teacher's ({teacher.config.vocab_size}); GKD needs one vocabulary.")
   clock.lap("load_ours")
@@ -341,18 +350,21 @@ def compare_steps(s: StepsSettings) -> dict:
       resolve(student_name)), keep)
   # HF's embedding drops the gradient of its pad row; ours does not (see DEPARTURES).
   pad_row = s32.get_input_embeddings().padding_idx
-  s_state = {k: v.clone() for k, v in s32.state_dict().items()}
+  s_state = {k: v.clone() for k, v in s32.state_dict().items()} if gkd else None
   t64 = steps_torch.as_float64(t32)
   clock.lap("load_torch")
   prompts, encoding = _prompts(source, s.prompts, teacher.config.vocab_size, s.seed)
   owner = [p for p in range(s.prompts) for _ in range(s.group_size)]
   t_rows = _cut(steps_torch.sample(t32, prompts, s.group_size, s.tokens, s.seed))
-  s_rows = _cut(steps_torch.sample(s32, prompts, s.group_size, s.tokens, s.seed + 1))
+  # Each sample call seeds itself: the teacher's rows are the same whichever updates run.
+  s_rows = (_cut(steps_torch.sample(s32, prompts, s.group_size, s.tokens, s.seed + 1))
+            if "gkd_rkl" in s.updates else [])
   clock.lap("sample")
   rewards = _rewards(len(t_rows), s.group_size, s.seed)
   result = {"mode": "steps", "model": s.model, "source": str(source.path),
             "student": student_name, "student_keep": keep_spec, "dtype": "float32",
             "reference_dtypes": ["float32", "float64"], "encoding": encoding,
+            "updates": list(s.updates),
             "rollouts": {"prompts": s.prompts, "group_size": s.group_size,
                          "prompt_tokens": [len(p) for p in prompts],
                          "teacher_completion_tokens": [len(r) for r in t_rows],
@@ -360,14 +372,16 @@ def compare_steps(s: StepsSettings) -> dict:
             "optimizer": dataclasses.asdict(s.optimizer),
             "rewards": {k: v.tolist() for k, v in rewards.items()}}
   models = {"t32": (t32, s32), "t64": (t64, None)}
-  for name, rows in (("gkd_fkl", t_rows), ("gkd_rkl", s_rows)):
+  for name in gkd:
+    rows = t_rows if name == "gkd_fkl" else s_rows
     result[name] = _distillation(name, s, teacher, student, models, s_state, prompts, owner,
                                  rows, clock)
     result[name]["setup"]["hf_padding_idx"] = pad_row
   del models, s32, s_state, student
-  result["calibration"] = _calibration(s, teacher, t32, t64, prompts, owner, t_rows, rewards,
-                                       clock)
-  failures = [f for k in ("calibration", "gkd_fkl", "gkd_rkl") for f in result[k]["failures"]]
+  if "calibration" in s.updates:
+    result["calibration"] = _calibration(s, teacher, t32, t64, prompts, owner, t_rows,
+                                         rewards, clock)
+  failures = [f for k in UPDATES if k in result for f in result[k]["failures"]]
   result.update(departures=list(DEPARTURES), notes=list(NOTES),
                 tolerances=steps_figures.TOLERANCES, definitions=steps_figures.DEFINITIONS,
                 seconds_by_phase=clock.seconds,

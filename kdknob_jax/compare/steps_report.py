@@ -62,7 +62,8 @@ def format_report(result: dict) -> str:
       + " (relative: see the JSON's definitions)",
   ]
   for name in ("calibration", "gkd_fkl", "gkd_rkl"):
-    lines += _section(name, result[name])
+    if name in result:
+      lines += _section(name, result[name])
   lines.append(f"departures from TRL: {len(result['departures'])} (listed in the JSON)")
   lines.append("PASS" if result["passed"] else "FAIL: " + "; ".join(result["failures"]))
   return "\n".join(lines)

@@ -3,6 +3,9 @@ tests) import torch."""
 
 from __future__ import annotations
 
+import copy
+import functools
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -14,7 +17,9 @@ def load_torch_model(source: ModelSource, dtype: str):
   """An HF `AutoModelForCausalLM` in eval mode, from a checkpoint directory or GGUF file.
 
   GGUF files go through transformers' own GGUF loader (its own dequantization, rotary
-  un-permutation and Gemma norm offset), so the comparison checks ours independently.
+  un-permutation and Gemma norm offset), so the comparison checks ours independently. That
+  loader parses the file twice per load (tens of seconds for the embedded models), so its
+  result is kept for the process and each later call builds a fresh model from it.
   """
   import torch  # pylint: disable=g-import-not-at-top
   from transformers import AutoModelForCausalLM  # pylint: disable=g-import-not-at-top
@@ -22,11 +27,33 @@ def load_torch_model(source: ModelSource, dtype: str):
   torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
   kw = {"dtype": torch.float32, "attn_implementation": "eager"}
   if source.kind == "gguf":
-    model = AutoModelForCausalLM.from_pretrained(str(source.path.parent),
-                                                 gguf_file=source.path.name, **kw)
+    st = source.path.stat()
+    config, state, generation = _gguf_load(str(source.path), st.st_size, st.st_mtime_ns)
+    model = AutoModelForCausalLM.from_config(copy.deepcopy(config), **kw)
+    model.load_state_dict(state, strict=True)
+    model.generation_config = copy.deepcopy(generation)
   else:
     model = AutoModelForCausalLM.from_pretrained(str(source.path), **kw)
   return model.to(torch_dtype).eval()
+
+
+@functools.lru_cache(maxsize=2)
+def _gguf_load(path: str, size: int, mtime_ns: int):
+  """(config, float32 state dict, generation config) of transformers' GGUF load; the size and
+  mtime key the cache, so a rewritten file is read again."""
+  del size, mtime_ns
+  import torch  # pylint: disable=g-import-not-at-top
+  from transformers import AutoModelForCausalLM  # pylint: disable=g-import-not-at-top
+  p = Path(path)
+  model = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name,
+                                               dtype=torch.float32, attn_implementation="eager")
+  config = copy.deepcopy(model.config)
+  if hasattr(config, "quantization_config"):
+    # The weights are dequantized at load; the quantizer would only mark a rebuilt model as
+    # quantized (which `Trainer` refuses to train).
+    del config.quantization_config
+  return config, {k: v.detach().clone() for k, v in model.state_dict().items()}, \
+      model.generation_config
 
 
 def logits(model, ids: Sequence[int]) -> np.ndarray:
