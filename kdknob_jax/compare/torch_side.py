@@ -12,26 +12,33 @@ import numpy as np
 
 from kdknob_jax.hf.registry import ModelSource
 
+_KEEP_BYTES = 1 << 30  # the embedded models' files are 0.1-0.3 GB
+
 
 def load_torch_model(source: ModelSource, dtype: str):
   """An HF `AutoModelForCausalLM` in eval mode, from a checkpoint directory or GGUF file.
 
   GGUF files go through transformers' own GGUF loader (its own dequantization, rotary
   un-permutation and Gemma norm offset), so the comparison checks ours independently. That
-  loader parses the file twice per load (tens of seconds for the embedded models), so its
-  result is kept for the process and each later call builds a fresh model from it.
+  loader parses the file twice per load (tens of seconds for the embedded models), so the
+  result of a file under `_KEEP_BYTES` is kept for the process and each later call builds a
+  fresh model from it (a larger one is read each time: keeping it would hold its float32
+  weights twice).
   """
   import torch  # pylint: disable=g-import-not-at-top
   from transformers import AutoModelForCausalLM  # pylint: disable=g-import-not-at-top
 
   torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
   kw = {"dtype": torch.float32, "attn_implementation": "eager"}
-  if source.kind == "gguf":
-    st = source.path.stat()
+  st = source.path.stat() if source.kind == "gguf" else None
+  if st is not None and st.st_size <= _KEEP_BYTES:
     config, state, generation = _gguf_load(str(source.path), st.st_size, st.st_mtime_ns)
     model = AutoModelForCausalLM.from_config(copy.deepcopy(config), **kw)
     model.load_state_dict(state, strict=True)
     model.generation_config = copy.deepcopy(generation)
+  elif st is not None:
+    model = AutoModelForCausalLM.from_pretrained(str(source.path.parent),
+                                                 gguf_file=source.path.name, **kw)
   else:
     model = AutoModelForCausalLM.from_pretrained(str(source.path), **kw)
   return model.to(torch_dtype).eval()
