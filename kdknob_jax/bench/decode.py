@@ -1,7 +1,8 @@
 """Decoding throughput: our decoder against HF transformers `generate`, same weights, same batch.
 
   python -m kdknob_jax.bench decode [--model smollm2-135m-instruct] [--prompts 16] [--samples 4]
-      [--new-tokens 64] [--temperature 1.0] [--dtype float32] [--repeats 3] [--json OUT]
+      [--new-tokens 64] [--temperature 1.0] [--dtype float32] [--repeats 3]
+      [--layout split|stacked] [--skip-hf] [--json OUT]
 
 Both sides sample exactly `--new-tokens` tokens per row at the given temperature with no top-k
 or top-p (HF's default top_k=50 is switched off). Neither stops at EOS: ours runs without stop
@@ -12,8 +13,10 @@ whole call (prefill included), and the reported figure is the median.
 In the same run it measures our decode step against its floor on this machine: a prefill-only
 call (one new token) is timed too, so one step is (call − prefill) / (new tokens − 1); the
 floor is a jitted program of that step's matmuls alone (every layer's projections on the
-rows, attention against a cache of the mean context, the LM head), with the weights as
-separate per-layer arrays, timed the same way.
+rows, the attention products in the layout our loop uses at the mean context, the LM head),
+with the weights as separate per-layer arrays, timed the same way. `--layout` picks our
+loop's layout (`Sampler.layout`): "split" (per-layer arrays, the prompt's cache shared by its
+samples; what "auto" runs without FSDP) or "stacked" (the scanned decoder's arrays).
 """
 
 from __future__ import annotations
@@ -56,61 +59,81 @@ def _time(fn, repeats: int) -> list[float]:
   return out
 
 
-def run_ours(name, dtype, ids, samples, new_tokens, temperature, repeats) -> dict:
+def run_ours(name, dtype, ids, samples, new_tokens, temperature, repeats,
+             layout: str) -> dict:
   m = load_model(name, dtype=dtype)
   sampling = SamplingConfig(temperature)
-  sampler = Sampler(m.config)  # no stop ids: every row runs the full new_tokens
+  sampler = Sampler(m.config, layout=layout)  # no stop ids: every row runs the full new_tokens
 
-  def call(seed):
-    gen = sampler(m.params, ids, n=samples, max_new_tokens=new_tokens, sampling=sampling,
+  def call(seed, tokens=new_tokens):
+    gen = sampler(m.params, ids, n=samples, max_new_tokens=tokens, sampling=sampling,
                   key=jax.random.PRNGKey(seed))
-    assert int(gen.lengths.min()) == new_tokens  # no stop ids: every row is full length
+    assert int(gen.lengths.min()) == tokens  # no stop ids: every row is full length
 
   t0 = time.perf_counter()
   call(1000)
   warm = time.perf_counter() - t0
-  secs = _time(call, repeats)
-
-  def prefill(seed):
-    sampler(m.params, ids, n=samples, max_new_tokens=1, sampling=sampling,
-            key=jax.random.PRNGKey(seed))
-
-  prefill(1000)
-  pre = statistics.median(_time(prefill, repeats))
+  call(1000, 1)  # the prefill-only program's compile
+  # The mean context of a step: the mean prompt, and half the new tokens.
+  floor = step_floor(m.params, m.config, len(ids), samples, int(np.mean([len(x) for x in ids])),
+                     new_tokens // 2, layout)
+  floor()
+  # Interleaved, so that a slow spell of the machine touches all three alike.
+  secs, pres, floors = [], [], []
+  for i in range(repeats):
+    secs += _time(lambda _, i=i: call(i), 1)
+    pres += _time(lambda _, i=i: call(i, 1), 1)
+    floors += _time(lambda _: floor(), 2)
+  pre = statistics.median(pres)
   step = (statistics.median(secs) - pre) / max(new_tokens - 1, 1)
-  context = int(np.mean([len(x) for x in ids])) + new_tokens // 2
-  floor = step_floor(m.params, m.config, len(ids) * samples, context, repeats=max(repeats, 5))
-  return {"seconds": secs, "warmup_seconds": warm, "prefill_seconds": pre,
-          "step_seconds": step, "floor_step_seconds": floor, "step_over_floor": step / floor}
+  floor_s = statistics.median(floors)
+  return {"layout": layout, "seconds": secs, "warmup_seconds": warm, "prefill_seconds": pre,
+          "step_seconds": step, "floor_step_seconds": floor_s, "floor_seconds": floors,
+          "step_over_floor": step / floor_s}
 
 
-def step_floor(params: dict, cfg, rows: int, context: int, repeats: int = 5) -> float:
-  """Median seconds of one decode step's matmuls alone: for each layer the seven projections
-  of `rows` rows and the two attention products against `context` cached keys, then the LM
-  head; the weights are separate per-layer arrays (no slicing of the stacked weights)."""
+def step_floor(params: dict, cfg, prompts: int, samples: int, prompt_len: int, new_len: int,
+               layout: str = "split"):
+  """A function that runs one decode step's matmuls alone (compiled at its first call).
+
+  For each layer: the seven projections of the prompts x samples rows and the attention
+  products, then the LM head; the weights are separate per-layer arrays (no slicing of the
+  stacked weights). The attention is our step's in its layout: "split", the samples' queries
+  of each prompt against its `prompt_len` keys at once, then each row against its own
+  `new_len` keys, keys stored [.., K, H, S]; "stacked", each row against `prompt_len +
+  new_len` keys stored [.., K, S, H]."""
   from kdknob_jax.models import head_of  # pylint: disable=g-import-not-at-top
   names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
   layers = [{k: jnp.array(params["layers"][k][i]) for k in names} for i in range(cfg.num_layers)]
   head, spec = head_of(params, cfg)
   dt = jnp.dtype(cfg.dtype)
   kv, g, h = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
-  cache = jnp.ones((rows, kv, context, h), dt)
+  rows = prompts * samples
+  split = layout == "split"
+  # (batch, query rows per kv head, keys) of each attention block
+  shapes = ([(prompts, samples * g, prompt_len), (rows, g, new_len)] if split
+            else [(rows, g, prompt_len + new_len)])
+  score_eq = "bkmh,bkhs->bkms" if split else "bkmh,bksh->bkms"
+  caches = [(jnp.ones((bt, kv, h, s) if split else (bt, kv, s, h), dt),
+             jnp.ones((bt, kv, s, h), dt)) for bt, _, s in shapes]
 
   @jax.jit
-  def one_step(x, layers, head, cache):
+  def one_step(x, layers, head, caches):
     f32 = jnp.float32
     for w in layers:
       q = jnp.einsum("rd,dnh->rnh", x, w["q_proj"], preferred_element_type=f32).astype(dt)
       k = jnp.einsum("rd,dkh->rkh", x, w["k_proj"], preferred_element_type=f32).astype(dt)
       v = jnp.einsum("rd,dkh->rkh", x, w["v_proj"], preferred_element_type=f32).astype(dt)
-      # The products read the cache as it is: an elementwise pass over it (adding the new
-      # keys, say) is not a matmul and would raise the floor with the context length. The
-      # new keys and values enter through a scalar, so that their projections are kept.
-      s = jnp.einsum("rkgh,rksh->rkgs", q.reshape(rows, kv, g, h), cache,
-                     preferred_element_type=f32).astype(dt)
-      o = jnp.einsum("rkgs,rksh->rkgh", s, cache,
-                     preferred_element_type=f32).astype(dt).reshape(rows, kv * g, h)
-      o = o + (jnp.sum(k) + jnp.sum(v)).astype(dt) * 1e-30
+      # The products read the caches as they are: an elementwise pass over them (adding the
+      # new keys, say) is not a matmul and would raise the floor with the context length.
+      # The new keys and values, and every block after the first, enter through a scalar:
+      # their products are kept, and no data movement is added.
+      o = (jnp.sum(k) + jnp.sum(v)).astype(dt) * 1e-30
+      for i, ((bt, m, _), (keys, values)) in enumerate(zip(shapes, caches)):
+        s = jnp.einsum(score_eq, q.reshape(bt, kv, m, h), keys,
+                       preferred_element_type=f32).astype(dt)
+        o_b = jnp.einsum("bkms,bksh->bkmh", s, values, preferred_element_type=f32).astype(dt)
+        o = o + (o_b.reshape(rows, kv * g, h) if i == 0 else jnp.sum(o_b) * 1e-30)
       x = x + jnp.einsum("rnh,nhd->rd", o, w["o_proj"], preferred_element_type=f32).astype(dt)
       a = jnp.einsum("rd,df->rf", x, w["gate_proj"], preferred_element_type=f32).astype(dt)
       b = jnp.einsum("rd,df->rf", x, w["up_proj"], preferred_element_type=f32).astype(dt)
@@ -120,9 +143,7 @@ def step_floor(params: dict, cfg, rows: int, context: int, repeats: int = 5) -> 
     return jnp.einsum(eq, x, head, preferred_element_type=f32)
 
   x = jnp.ones((rows, cfg.hidden_size), dt) * 0.01
-  jax.block_until_ready(one_step(x, layers, head, cache))
-  return statistics.median(
-      _time(lambda _: jax.block_until_ready(one_step(x, layers, head, cache)), repeats))
+  return lambda: jax.block_until_ready(one_step(x, layers, head, caches))
 
 
 def run_hf(source, dtype, ids, samples, new_tokens, temperature, repeats, pad_id) -> dict:
@@ -167,6 +188,8 @@ def _args(argv):
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--skip-hf", action="store_true", help="time ours only")
+  p.add_argument("--layout", default="split", choices=["split", "stacked"],
+                 help="our decode loop's layout (`Sampler.layout`)")
   p.add_argument("--json", help="write every figure here")
   return p.parse_args(argv)
 
@@ -193,7 +216,7 @@ def main(argv=None) -> int:
         f"samples, {args.new_tokens} new tokens, T={args.temperature}, on "
         f"{result['device']} ({os.cpu_count()} CPUs)")
   ours = run_ours(source, args.dtype, ids, args.samples, args.new_tokens, args.temperature,
-                  args.repeats)
+                  args.repeats, args.layout)
   result["ours"] = ours | {"tokens_per_s": tokens / statistics.median(ours["seconds"])}
   print(f"  ours: {result['ours']['tokens_per_s']:8.1f} tokens/s  (runs "
         f"{', '.join(f'{s:.1f}' for s in ours['seconds'])} s; compile {ours['warmup_seconds']:.1f} s)")

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from kdknob_jax.models.config import ExecConfig, ModelConfig
-from kdknob_jax.ops.attention import attention, attention_mask
+from kdknob_jax.ops.attention import attention, attention_mask, shared_prefix_attention
 from kdknob_jax.ops.head import HeadSpec, head_matmul, softcap
 from kdknob_jax.ops.layers import mlp_activation, projection, rms_norm
 from kdknob_jax.ops.rope import apply_rope, rope_tables
@@ -79,12 +79,16 @@ class Block(nn.Module):
     Args:
       x: residual stream [B, T, D].
       layer: this layer's scanned inputs: `sliding` (bool scalar) and, with a cache, its
-        `k` and `v` [B, K, S, H].
-      shared: inputs every layer sees: positions, RoPE tables, key positions of the cache.
+        `k` and `v` [B, K, S, H] (read only); or, in the per-layer layout of
+        `kdknob_jax.models.split`, the rows' own `kt` [B, K, H, S] and `v` [B, K, S, H]
+        (updated here at `shared["slot"]`) and the prompts' `prompt_kt` and `prompt_v`.
+      shared: inputs every layer sees: positions, RoPE tables, key positions of the cache
+        (in the per-layer layout, `k_pos` after this forward's tokens are written, and
+        `prompt_k_pos` [B, P] repeated to the rows).
 
     Returns:
       (x [B, T, D], {"k", "v"} this layer's new keys and values [B, K, T, H] for the cache,
-      or empty without a cache).
+      {"kt", "v"} the updated per-layer cache, or empty without a cache).
     """
     cfg = self.config
     d, n, kv, h, f = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
@@ -116,16 +120,30 @@ class Block(nn.Module):
     # Keys and values go to [B, K, T, H], the cache's layout: batch dims leading, so the
     # attention dots read the cache in place with no transpose.
     k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
-    if "k" in layer:
-      # The cache is only read here and written once after all layers (see `Decoder`), so a
-      # decode step never copies it; the new keys are a second block of the same softmax.
-      k, v = k.astype(layer["k"].dtype), v.astype(layer["v"].dtype)
-      new_cache = {"k": k, "v": v}
-      blocks.append((layer["k"], layer["v"], attention_mask(q_pos, shared["k_pos"], window)))
-    blocks.append((k, v, attention_mask(q_pos, q_pos, window)))
     ex = self.execution
-    o = attention(q, blocks, cfg.query_scale, cfg.attn_logit_softcap, ex.attention,
-                  ex.query_chunk)
+    if "kt" in layer:
+      # The rows' own cache (`kdknob_jax.models.split`): written first, then read whole, so
+      # its old value's only use is the in-place update and XLA copies nothing. The prompt's
+      # keys, one copy per prompt for its n samples, are only read.
+      slot = shared["slot"]
+      kt = jax.lax.dynamic_update_slice(
+          layer["kt"], jnp.swapaxes(k, 2, 3).astype(layer["kt"].dtype), (0, 0, 0, slot))
+      v = jax.lax.dynamic_update_slice(layer["v"], v.astype(layer["v"].dtype), (0, 0, slot, 0))
+      prefix = (layer["prompt_kt"], layer["prompt_v"],
+                attention_mask(q_pos, shared["prompt_k_pos"], window))
+      own = (kt, v, attention_mask(q_pos, shared["k_pos"], window))
+      o = shared_prefix_attention(q, prefix, own, cfg.query_scale, cfg.attn_logit_softcap)
+      new_cache = {"kt": kt, "v": v}
+    else:
+      if "k" in layer:
+        # The cache is only read here and written once after all layers (see `Decoder`), so
+        # a decode step never copies it; the new keys are a second block of the same softmax.
+        k, v = k.astype(layer["k"].dtype), v.astype(layer["v"].dtype)
+        new_cache = {"k": k, "v": v}
+        blocks.append((layer["k"], layer["v"], attention_mask(q_pos, shared["k_pos"], window)))
+      blocks.append((k, v, attention_mask(q_pos, q_pos, window)))
+      o = attention(q, blocks, cfg.query_scale, cfg.attn_logit_softcap, ex.attention,
+                    ex.query_chunk)
     attn_out = self._proj("o_proj", "btnh,nhd->btd", o, wo)
     if cfg.gemma:
       attn_out = self._norm("post_attn_norm", attn_out, d, "embed")
@@ -164,6 +182,25 @@ def output_logits(x: Array, weight: Array, cfg: ModelConfig) -> Array:
   return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
+def embed_tokens(embedding: Array, tokens: Array, cfg: ModelConfig) -> Array:
+  """Token ids [B, T] to the residual stream [B, T, D] (Gemma's sqrt(D) scaling included)."""
+  x = jnp.take(embedding, tokens, axis=0)
+  if cfg.gemma:
+    # HF casts sqrt(D) to the weight dtype before multiplying; bf16 rounding included.
+    x = x * jnp.asarray(math.sqrt(cfg.hidden_size), embedding.dtype)
+  return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+def shared_inputs(cfg: ModelConfig, positions: Array) -> dict[str, Array]:
+  """What every layer reads: RoPE tables (global and local) of `positions` [B, T] and the
+  query positions; callers with a cache add the key positions `k_pos`."""
+  dtype = jnp.dtype(cfg.dtype)
+  cos, sin = rope_tables(positions, cfg.rope, cfg.head_dim, dtype)
+  cos_l, sin_l = (cos, sin) if cfg.rope_local is None else rope_tables(
+      positions, cfg.rope_local, cfg.head_dim, dtype)
+  return {"cos": cos, "sin": sin, "cos_local": cos_l, "sin_local": sin_l, "q_pos": positions}
+
+
 class Decoder(nn.Module):
   """Token ids to float32 logits, with an optional explicit KV cache.
 
@@ -200,16 +237,8 @@ class Decoder(nn.Module):
     embedding = self.param(
         "embed", nn.with_logical_partitioning(_kernel(), ("vocab", "embed")),
         (cfg.vocab_size, cfg.hidden_size), dtype)
-    x = jnp.take(embedding, tokens, axis=0)
-    if cfg.gemma:
-      # HF casts sqrt(D) to the weight dtype before multiplying; bf16 rounding included.
-      x = x * jnp.asarray(math.sqrt(cfg.hidden_size), dtype)
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-
-    cos, sin = rope_tables(positions, cfg.rope, cfg.head_dim, dtype)
-    cos_l, sin_l = (cos, sin) if cfg.rope_local is None else rope_tables(
-        positions, cfg.rope_local, cfg.head_dim, dtype)
-    shared = {"cos": cos, "sin": sin, "cos_local": cos_l, "sin_local": sin_l, "q_pos": positions}
+    x = embed_tokens(embedding, tokens, cfg)
+    shared = shared_inputs(cfg, positions)
     layer_xs: dict[str, Array] = {"sliding": jnp.asarray(cfg.sliding_flags, dtype=bool)}
     if cache is not None:
       # Slots about to be written hold stale entries for this forward: hide them; the new keys

@@ -25,7 +25,7 @@ from kdknob_jax import sharding as sharding_lib
 from kdknob_jax.calibration import step as step_lib
 from kdknob_jax.calibration.config import CalibConfig
 from kdknob_jax.decode import SamplingConfig
-from kdknob_jax.decode.engine import batch_divisor, bucket, decode_program
+from kdknob_jax.decode.engine import batch_divisor, bucket, decode_layout, decode_program
 from kdknob_jax.hf.load import config_of
 from kdknob_jax.models import ModelConfig, abstract_params, head_of, param_axes
 from kdknob_jax.models.lora import adapted, init_lora, lora_axes
@@ -179,7 +179,7 @@ def _sampling(plan: Plan, prompts_per_step: int | None):
       sds((p,), jnp.int32), jax.eval_shape(lambda: jax.random.PRNGKey(0)), cfg=plan.teacher,
       n=c.group_size, max_new=c.max_new_tokens,
       sampling=SamplingConfig(c.temperature, c.top_k, c.top_p), stop_ids=(0,), pad_id=0,
-      mesh=plan.mesh, rules=plan.rules)
+      mesh=plan.mesh, rules=plan.rules, layout=decode_layout("auto", plan.mesh, plan.rules))
   return lowered, device_bytes((plan.target_params, plan.state.opt_state))
 
 
