@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -96,3 +97,9 @@ def read_config(path: Path) -> dict:
 
 def random_ids(vocab: int, shape, seed: int = 0) -> np.ndarray:
   return np.random.default_rng(seed).integers(0, vocab, shape).astype(np.int32)
+
+
+def normal(seed: int, shape, scale: float = 1.0) -> jnp.ndarray:
+  """Float32 standard-normal test data drawn by numpy: every `jax.random.normal` of a new shape
+  is an XLA compile (about a second on a 2-core CPU), and the suite draws dozens of shapes."""
+  return jnp.asarray(scale * np.random.default_rng(seed).standard_normal(shape), jnp.float32)

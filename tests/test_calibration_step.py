@@ -15,6 +15,7 @@ from kdknob_jax.hf import load_model
 from kdknob_jax.models import forward
 from kdknob_jax.models.lora import LoraConfig, init_lora, merge
 from kdknob_jax.calibration import step as step_lib
+from conftest import normal
 
 PROMPTS = [[5, 9, 17, 3], [7, 2, 11]]
 # (prompt index, completion): two rollouts per prompt, of different lengths.
@@ -62,7 +63,7 @@ def test_step_update_is_the_reinforce_gradient(tiny_dir, on_policy):
   lora = init_lora(base, lcfg, jax.random.PRNGKey(0))
   # Non-zero B, so that the gradient reaches A too.
   lora = jax.tree_util.tree_map_with_path(
-      lambda path, x: (0.1 * jax.random.normal(jax.random.PRNGKey(len(str(path))), x.shape)
+      lambda path, x: (normal(len(str(path)), x.shape, 0.1)
                        if path[-1].key == "b" else x), lora)
   scfg = step_lib.StepConfig(beta=0.0, epsilon=0.2, epsilon_high=0.2,
                              aggregation="sequence_mean", on_policy=on_policy)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import TINY, random_ids
+from conftest import TINY, normal, random_ids
 from kdknob_jax.decode import Sampler, SamplingConfig
 from kdknob_jax.hf import load_model
 from kdknob_jax.models.lora import LoraConfig, adapted, init_lora
@@ -20,10 +20,9 @@ from kdknob_jax.ops.attention import attention_mask, dense_attention, shared_pre
 def test_shared_prefix_attention_equals_dense_over_the_repeated_prefix(window, softcap):
   b, n, t, kv, g, h, p, s = 2, 3, 2, 2, 3, 8, 5, 4
   r = b * n
-  ks = jax.random.split(jax.random.PRNGKey(1), 5)
-  q = jax.random.normal(ks[0], (r, t, kv * g, h))
-  pre_k, pre_v = (jax.random.normal(k, (b, kv, p, h)) for k in ks[1:3])
-  own_k, own_v = (jax.random.normal(k, (r, kv, s, h)) for k in ks[3:5])
+  q = normal(1, (r, t, kv * g, h))
+  pre_k, pre_v = (normal(seed, (b, kv, p, h)) for seed in (2, 3))
+  own_k, own_v = (normal(seed, (r, kv, s, h)) for seed in (4, 5))
   pre_pos = jnp.asarray([[0, 1, 2, 3, -1], [0, 1, -1, -1, -1]])  # the second prompt padded
   lengths = jnp.repeat(jnp.asarray([4, 2]), n)
   # Each row has written 2 of its own slots (one row finished early: its second is empty).
@@ -45,8 +44,7 @@ def _lora(m, seed: int):
   """Adapters with a non-zero B, so that their term changes every projection."""
   lora = init_lora(m.params, LoraConfig(rank=4, alpha=8.0), jax.random.PRNGKey(seed))
   leaves, tree = jax.tree_util.tree_flatten(lora)
-  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-  leaves = [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+  leaves = [x + normal(seed + 1 + i, x.shape, 0.05) for i, x in enumerate(leaves)]
   return adapted(m.params, jax.tree_util.tree_unflatten(tree, leaves), LoraConfig(4, 8.0))
 
 

@@ -15,6 +15,7 @@ from kdknob_jax.models import forward
 from kdknob_jax.ops.kl import divergence_from_logp, log_probs
 from kdknob_jax.models.lora import LoraConfig, init_lora, merge
 from kdknob_jax.distillation.step import DistillState, LossConfig, distill_loss, make_train_step
+from conftest import normal
 
 PROMPTS = [[5, 9, 17, 3, 60], [7, 2, 11]]
 # (prompt index, completion): one row of a single token, whose only prediction comes from the
@@ -133,7 +134,7 @@ def test_train_step_is_one_sgd_step_on_the_loss(pair):
   if use_lora:
     lora = init_lora(s, lcfg, jax.random.PRNGKey(0))
     trainable = jax.tree_util.tree_map_with_path(  # non-zero B, so that A gets a gradient too
-        lambda path, x: (0.1 * jax.random.normal(jax.random.PRNGKey(len(str(path))), x.shape)
+        lambda path, x: (normal(len(str(path)), x.shape, 0.1)
                          if path[-1].key == "b" else x), lora)
   else:
     trainable = jax.tree_util.tree_map(jnp.copy, s)

@@ -17,7 +17,7 @@ from kdknob_jax.models import ModelConfig, forward, init_params, param_axes
 from kdknob_jax.models.lora import (LoraConfig, adapted, count, init_lora, lora_axes, merge,
                                     targets_from_names)
 from kdknob_jax.models.scoring import completion_logp
-from conftest import TINY, random_ids
+from conftest import TINY, normal, random_ids
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_the_applied_adapter_equals_the_merged_weight_in_float32(family):
   params = init_params(cfg, jax.random.PRNGKey(0))
   lcfg = LoraConfig(rank=3, alpha=6.0)
   lora = jax.tree_util.tree_map(
-      lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(2), x.shape),
+      lambda x: x + normal(2, x.shape, 0.05),
       init_lora(params, lcfg, jax.random.PRNGKey(1)))
   ids = jnp.asarray(random_ids(cfg.vocab_size, (2, 9)))
   run = jax.jit(lambda p: forward(p, cfg, ids)[0])
@@ -71,7 +71,7 @@ def test_merge_adds_scaled_low_rank_product(base, name):
   lcfg = LoraConfig(rank=3, alpha=6.0, targets=(name,))
   lora = init_lora(params, lcfg, jax.random.PRNGKey(2))
   b = lora["layers"][name]["b"]
-  lora["layers"][name]["b"] = jax.random.normal(jax.random.PRNGKey(3), b.shape)
+  lora["layers"][name]["b"] = normal(3, b.shape)
   merged = merge(params, lora, lcfg)["layers"][name]
   w = np.asarray(params["layers"][name], np.float64)
   a = np.asarray(lora["layers"][name]["a"], np.float64)

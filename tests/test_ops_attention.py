@@ -14,15 +14,14 @@ from kdknob_jax.models import ExecConfig, ModelConfig, init_params
 from kdknob_jax.models.lora import LoraConfig, adapted, init_lora
 from kdknob_jax.models.scoring import predictor_hidden
 from kdknob_jax.ops.attention import attention, attention_mask, dense_attention, resolve
-from conftest import TINY
+from conftest import TINY, normal
 
 def _blocks(seed: int, window):
   """Queries [2, 7, 6, 8] against a cache block (one row padded, one slot empty) and their own
   keys, GQA 3:1."""
-  ks = jax.random.split(jax.random.PRNGKey(seed), 5)
-  q = jax.random.normal(ks[0], (2, 7, 6, 8))
-  k_c, v_c = (jax.random.normal(k, (2, 2, 5, 8)) for k in ks[1:3])
-  k_n, v_n = (jax.random.normal(k, (2, 2, 7, 8)) for k in ks[3:5])
+  q = normal(seed, (2, 7, 6, 8))
+  k_c, v_c = (normal(seed + i, (2, 2, 5, 8)) for i in (1, 2))
+  k_n, v_n = (normal(seed + i, (2, 2, 7, 8)) for i in (3, 4))
   cache_pos = jnp.asarray([[0, 1, 2, 3, -1], [0, 1, -1, -1, -1]])
   q_pos = jnp.asarray([[4, 5, 6, 7, 8, 9, 10], [2, 3, 4, 5, -1, -1, -1]])
   return q, [(k_c, v_c, attention_mask(q_pos, cache_pos, window)),
@@ -86,7 +85,7 @@ def test_prompt_once_scoring_is_the_same_in_every_form_and_remat(family):
   params = init_params(cfg, jax.random.PRNGKey(0))
   lcfg = LoraConfig(rank=2, alpha=4.0)
   lora = jax.tree_util.tree_map_with_path(  # non-zero B: the gradient reaches A too
-      lambda path, x: (0.05 * jax.random.normal(jax.random.PRNGKey(3), x.shape)
+      lambda path, x: (normal(3, x.shape, 0.05)
                        if path[-1].key == "b" else x),
       init_lora(params, lcfg, jax.random.PRNGKey(1)))
   args, lengths = _score_batch()

@@ -96,16 +96,22 @@ def init_lora(params: dict, cfg: LoraConfig, key: Array, dtype=jnp.float32) -> d
   Returns:
     {"layers": {name: {"a": A, "b": B}}}.
   """
+  shapes = tuple((name, tuple(params["layers"][name].shape)) for name in cfg.targets)
+  return _init_lora(key, shapes, cfg.rank, jnp.dtype(dtype))
+
+
+# One compiled program for all the adapters: drawn op by op, each target's shapes cost XLA
+# compiles of their own (about a second each on a 2-core CPU).
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _init_lora(key: Array, shapes: tuple, rank: int, dtype) -> dict:
   out = {}
-  keys = jax.random.split(key, len(cfg.targets))
-  for k, name in zip(keys, cfg.targets):
-    w = params["layers"][name]
+  keys = jax.random.split(key, len(shapes))
+  for k, (name, shape) in zip(keys, shapes):
     n_in = INPUT_DIMS[name]
-    in_shape, out_shape = w.shape[1:1 + n_in], w.shape[1 + n_in:]
-    fan_in = math.prod(in_shape)
-    bound = fan_in**-0.5
-    a = jax.random.uniform(k, (w.shape[0], *in_shape, cfg.rank), dtype, -bound, bound)
-    out[name] = {"a": a, "b": jnp.zeros((w.shape[0], cfg.rank, *out_shape), dtype)}
+    in_shape, out_shape = shape[1:1 + n_in], shape[1 + n_in:]
+    bound = math.prod(in_shape)**-0.5
+    a = jax.random.uniform(k, (shape[0], *in_shape, rank), dtype, -bound, bound)
+    out[name] = {"a": a, "b": jnp.zeros((shape[0], rank, *out_shape), dtype)}
   return {"layers": out}
 
 
