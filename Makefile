@@ -48,7 +48,7 @@ bench-calibrate: install
 	$(BIN)/python -m kdknob_jax.bench calibrate --json out/bench_calibrate.json
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 tests
 
 clean:
 	rm -rf $(VENV) out

@@ -103,3 +103,46 @@ def normal(seed: int, shape, scale: float = 1.0) -> jnp.ndarray:
   """Float32 standard-normal test data drawn by numpy: every `jax.random.normal` of a new shape
   is an XLA compile (about a second on a 2-core CPU), and the suite draws dozens of shapes."""
   return jnp.asarray(scale * np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+# `make test` runs two pytest-xdist workers, each test module whole on one worker. The modules
+# that hold PyTorch copies of the embedded models share a worker, which keeps them apart in
+# time (two at once came within 0.7 GB of the 24 GB machine) and lets the later one reuse the
+# kept GGUF loads. The grouping is a scheduler of our own: xdist 3.8's `--dist loadgroup`
+# renames test ids through an attribute pytest 9.2 no longer reads, so its groups are ignored.
+_SHARED_WORKER = {"test_embedded_parity.py": "torch_models",
+                  "test_compare_steps.py": "torch_models"}
+
+try:
+  from xdist.scheduler import LoadScopeScheduling  # pylint: disable=g-import-not-at-top
+except ImportError:  # pytest-xdist absent: the suite runs in one process
+  LoadScopeScheduling = None
+
+if LoadScopeScheduling is not None:
+
+  class _ModuleGroups(LoadScopeScheduling):
+    """xdist's scope scheduling with a test module (or a shared group of them) as the unit."""
+
+    def _split_scope(self, nodeid: str) -> str:
+      path = nodeid.split("::", 1)[0]
+      return _SHARED_WORKER.get(path.rsplit("/", 1)[-1], path)
+
+  def pytest_xdist_make_scheduler(config, log):
+    return _ModuleGroups(config, log)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_compiled_programs():
+  """Drops the module's compiled programs when it ends, and hands freed heap back to the OS:
+  a worker otherwise keeps every executable of the session (the persistent cache on disk still
+  serves any repeat) and glibc keeps the freed pages of the models' large host arrays."""
+  yield
+  import ctypes  # pylint: disable=g-import-not-at-top
+  import gc  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.clear_caches()
+  gc.collect()
+  try:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):  # not glibc: nothing to hand back this way
+    pass

@@ -11,15 +11,17 @@ import numpy as np
 from kdknob_jax.decode import GREEDY, Sampler
 from kdknob_jax.models import ModelConfig, forward
 
-_BUCKET = 16  # prompts are padded to a multiple of this, so few lengths compile
+_BUCKET = 16  # sequences are padded to a multiple of this, so few lengths compile
 
 
-def _padded(ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-  length = -(-len(ids) // _BUCKET) * _BUCKET
-  tokens = np.zeros((1, length), np.int32)
-  positions = np.full((1, length), -1, np.int32)  # -1: padding, masked everywhere
-  tokens[0, :len(ids)] = ids
-  positions[0, :len(ids)] = np.arange(len(ids))
+def _padded(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+  """Right-padded tokens [B, L] and positions [B, L] (-1 on padding, masked everywhere)."""
+  length = -(-max(len(s) for s in seqs) // _BUCKET) * _BUCKET
+  tokens = np.zeros((len(seqs), length), np.int32)
+  positions = np.full((len(seqs), length), -1, np.int32)
+  for b, ids in enumerate(seqs):
+    tokens[b, :len(ids)] = ids
+    positions[b, :len(ids)] = np.arange(len(ids))
   return tokens, positions
 
 
@@ -28,13 +30,20 @@ def _logits(params, cfg: ModelConfig, tokens, positions):
   return forward(params, cfg, tokens, positions)[0]
 
 
-def logits(params: dict, cfg: ModelConfig, ids: Sequence[int]) -> np.ndarray:
-  """Float32 logits [T, V] of one sequence."""
-  tokens, positions = _padded(ids)
-  return np.asarray(_logits(params, cfg, tokens, positions))[0, :len(ids)]
+def batch_logits(params: dict, cfg: ModelConfig, seqs: Sequence[Sequence[int]]) -> list[
+    np.ndarray]:
+  """Float32 logits [T_b, V] of each sequence, all computed in one padded forward (one compile
+  for the batch, where a call per sequence compiled each bucketed length)."""
+  tokens, positions = _padded(seqs)
+  out = np.asarray(_logits(params, cfg, tokens, positions))
+  return [out[b, :len(ids)] for b, ids in enumerate(seqs)]
 
 
-def greedy(params: dict, cfg: ModelConfig, ids: Sequence[int], new_tokens: int) -> list[int]:
-  """Greedy continuation of exactly `new_tokens` tokens (no stop ids), by the batched decoder."""
-  gen = Sampler(cfg)(params, [list(ids)], max_new_tokens=new_tokens, sampling=GREEDY)
-  return gen.row_tokens(0)
+def batch_greedy(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
+                 new_tokens: int) -> list[list[int]]:
+  """Greedy continuations of exactly `new_tokens` tokens (no stop ids) of every prompt, in one
+  padded batch of the decoder (its output does not depend on batch mates: tests/test_decode)."""
+  gen = Sampler(cfg)(params, [list(p) for p in prompts], max_new_tokens=new_tokens,
+                     sampling=GREEDY)
+  return [gen.row_tokens(b) for b in range(len(prompts))]
+

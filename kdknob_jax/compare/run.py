@@ -82,20 +82,20 @@ def compare(model: str, dtype: str = "float32", prompts: Sequence[str] = DEFAULT
   ref = torch_model if torch_model is not None else torch_side.load_torch_model(source, dtype)
   load_s = time.time() - t0
   ids, encoding = prompt_ids(source, prompts, ours.config.vocab_size)
-  per_prompt, all_ref, all_ours, all_f32 = [], [], [], []
-  for p in tqdm(ids, desc=f"compare {model} {dtype}", leave=False):
-    ref_new = torch_side.greedy(ref, p, new_tokens)
-    our_new = jax_side.greedy(ours.params, ours.config, p, new_tokens)
-    seq = list(p) + ref_new  # teacher-forced on the reference continuation, prompt included
-    lr = torch_side.logits(ref, seq)
-    lo = jax_side.logits(ours.params, ours.config, seq)
-    all_ref.append(lr)
-    all_ours.append(lo)
-    if ours32 is not None:
-      all_f32.append(jax_side.logits(ours32.params, ours32.config, seq))
+  # Our side runs each program once for all prompts (one compile each); torch's per prompt.
+  our_new = jax_side.batch_greedy(ours.params, ours.config, ids, new_tokens)
+  ref_new = [torch_side.greedy(ref, p, new_tokens)
+             for p in tqdm(ids, desc=f"compare {model} {dtype}", leave=False)]
+  seqs = [list(p) + r for p, r in zip(ids, ref_new)]  # teacher-forced on the reference
+  all_ref = [torch_side.logits(ref, seq) for seq in seqs]
+  all_ours = jax_side.batch_logits(ours.params, ours.config, seqs)
+  all_f32 = (jax_side.batch_logits(ours32.params, ours32.config, seqs)
+             if ours32 is not None else [])
+  per_prompt = []
+  for p, r, o, lr, lo in zip(ids, ref_new, our_new, all_ref, all_ours):
     figs = metrics.logit_figures(lr, lo)
-    figs["greedy_agreement"] = metrics.greedy_agreement(ref_new, our_new)
-    figs.update(prompt_tokens=len(p), ref_tokens=ref_new, our_tokens=our_new)
+    figs["greedy_agreement"] = metrics.greedy_agreement(r, o)
+    figs.update(prompt_tokens=len(p), ref_tokens=r, our_tokens=o)
     per_prompt.append(figs)
   overall = metrics.logit_figures(np.concatenate(all_ref), np.concatenate(all_ours))
   overall["greedy_agreement"] = float(np.mean([f["greedy_agreement"] for f in per_prompt]))
