@@ -142,3 +142,18 @@ def test_truncated_gguf_is_named(tmp_path, keep):
   cut.write_bytes(data[: int(len(data) * keep)])
   with pytest.raises(CheckpointMismatchError, match="truncated.*Download"):
     load_model(str(cut))
+
+
+def test_compare_prompt_files_name_their_bad_lines(tmp_path):
+  from kdknob_jax.compare.run import read_prompts  # pylint: disable=g-import-not-at-top
+  good = tmp_path / "ok.jsonl"
+  good.write_text('Plain line\n{"question": "Q?"}\n\n', encoding="utf-8")
+  assert read_prompts(str(good)) == ["Plain line", "Q?"]
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"prompt": "a"}\n{"prompt": oops}\n', encoding="utf-8")
+  with pytest.raises(ValueError, match=f"{bad}:2: invalid JSON"):
+    read_prompts(str(bad))
+  latin = tmp_path / "latin1.txt"
+  latin.write_bytes(b"caf\xe9\n")
+  with pytest.raises(ValueError, match="not UTF-8 text.*save it as UTF-8"):
+    read_prompts(str(latin))

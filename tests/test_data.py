@@ -215,6 +215,20 @@ def test_relative_paths_resolve_under_kdknob_data(tmp_path, monkeypatch):
   assert load_records("mine") == ROWS[:1]  # a directory: <split or test>.jsonl inside
 
 
+def test_invalid_utf8_names_file_and_line(tmp_path):
+  """A Latin-1 byte in a data file: a DataError with the line and the fix, not a raw
+  UnicodeDecodeError, in both JSON forms."""
+  jsonl = tmp_path / "latin1.jsonl"
+  jsonl.write_bytes(json.dumps(ROWS[0]).encode() + b'\n{"question": "caf\xe9", "answer": "1"}\n')
+  with pytest.raises(DataError, match=re.escape(f"{jsonl}:2: not UTF-8 text (byte 0xe9")):
+    load_records(str(jsonl))
+  whole = tmp_path / "latin1.json"
+  whole.write_bytes(b'[\n' + json.dumps(ROWS[0]).encode() + b',\n{"question": "\xff"}\n]\n')
+  with pytest.raises(DataError, match=re.escape(f"{whole}:3: not UTF-8 text")) as info:
+    load_records(str(whole))
+  assert "iconv" in str(info.value)
+
+
 def test_bad_json_line_names_file_and_line(tmp_path):
   path = tmp_path / "bad.jsonl"
   path.write_text(json.dumps(ROWS[0]) + "\n\n" + '{"question": "q", oops}\n')

@@ -28,11 +28,19 @@ def read_prompts(path: str | None) -> list[str]:
   if path is None:
     return list(DEFAULT_PROMPTS)
   out = []
-  for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+  try:
+    text = Path(path).read_bytes().decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path}: not UTF-8 text (byte offset {e.start}); save it as UTF-8.") from e
+  for i, line in enumerate(text.splitlines(), 1):
     if not line.strip():
       continue
     if line.lstrip().startswith("{"):
-      row = json.loads(line)
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{i}: invalid JSON ({e.msg}); a JSONL line must be one "
+                         f"object with a 'prompt' or 'question' field.") from e
       text = row.get("prompt", row.get("question"))
       if not isinstance(text, str):
         raise ValueError(f"{path}:{i}: a JSONL row needs a 'prompt' or 'question' string field.")

@@ -96,10 +96,22 @@ def _in_directory(directory: Path, split: str | None) -> Path:
                   f"split= that names one.")
 
 
+def _text(raw: bytes, path: Path, first_line: int = 1) -> str:
+  """`raw` decoded as UTF-8, or a DataError naming the file, the line and the byte."""
+  try:
+    return raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = first_line + raw.count(b"\n", 0, e.start)
+    raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset "
+                    f"{e.start}). Save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 "
+                    f"IN > OUT` if it is Latin-1.") from e
+
+
 def _read_jsonl(path: Path) -> tuple[list[dict], list[int]]:
   rows, lines = [], []
-  with path.open(encoding="utf-8") as f:
-    for lineno, line in enumerate(f, start=1):
+  with path.open("rb") as f:
+    for lineno, raw in enumerate(f, start=1):
+      line = _text(raw, path, lineno)
       if not line.strip():
         continue  # a trailing newline or spacer line is common and harmless
       try:
@@ -118,7 +130,7 @@ def _read_jsonl(path: Path) -> tuple[list[dict], list[int]]:
 
 def _read_json(path: Path) -> list[dict]:
   try:
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = json.loads(_text(path.read_bytes(), path))
   except json.JSONDecodeError as e:
     raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno}). A .json "
                     f"dataset must be a list of objects; for one object per line name the "
