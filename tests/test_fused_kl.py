@@ -92,8 +92,9 @@ def test_vocabulary_mismatch_and_token_mismatch_are_clear_errors():
 
 
 def test_auto_chunk_bounds():
-  assert auto_chunk(2048, 262_144, "cpu") == 64
-  assert auto_chunk(2048, 151_936, "cpu") == 104
+  assert auto_chunk(2048, 262_144, "cpu") == 256
+  assert auto_chunk(2048, 151_936, "cpu") == 256
   assert auto_chunk(2048, 262_144, "gpu") == 256
+  assert auto_chunk(2048, 151_936, "gpu") == 440
   assert auto_chunk(5, 100, "tpu") == 8
-  assert auto_chunk(10_000, 10, "cpu") == 10_000
+  assert auto_chunk(100, 10, "cpu") == 104  # never more than the rows, rounded up to 8

@@ -137,7 +137,7 @@ def fused_divergence(student_hidden: Array, student_head: Array, teacher_hidden:
     temperature: divides both models' logits.
     student_spec: tying and softcap of the student head.
     teacher_spec: the same for the teacher.
-    chunk_size: tokens per chunk; default about 2**24 / V.
+    chunk_size: tokens per chunk; default `head.auto_chunk` (256 on CPU).
 
   Returns:
     A float32 scalar. Gradients flow to the student's hidden states and head and to the

@@ -15,11 +15,14 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-# Logits per model per chunk, by backend. On CPU 2**24 (64 MB in float32) already runs at the
-# plain form's speed. GPUs need bigger chunks to fill the matmuls and to amortize the
-# read-modify-write of the [D, V] gradient accumulator once per chunk: on an H100, 64 rows of a
-# 262k vocabulary took 3.4x the plain time in bf16, 256 rows 1.3x (`bench kl`, README).
-_CHUNK_ELEMENTS = {"cpu": 2**24}
+# Rows per chunk. Each chunk reads and writes the [D, V] float32 gradient accumulator of the
+# head once, against 6·C·D·V flops of its matmuls: C alone sets how well that traffic is
+# amortized, whatever V. On CPU a fixed 256 rows met both goals of `bench kl` (time ≤ 1.2x
+# plain, working memory ≤ 0.2x) at V = 151,936 and 262,144 on a Zen 4 EPYC, where the former
+# rule of 2**24 logits (104 and 64 rows) took 1.45x plain at V = 151,936 (README). GPUs want
+# bigger chunks to fill their matmuls: 2**26 logits (256 rows at a 262k vocabulary; 64 rows
+# took 3.4x the plain time in bf16 on an H100).
+_CPU_ROWS = 256
 _CHUNK_ELEMENTS_ACCELERATOR = 2**26
 
 
@@ -62,10 +65,12 @@ def head_logits(h: Array, weight: Array, spec: HeadSpec) -> Array:
 
 
 def auto_chunk(n: int, vocab: int, backend: str | None = None) -> int:
-  """Rows per chunk: about 2**24 logits on CPU and 2**26 on accelerators, a multiple of 8, at
+  """Rows per chunk: 256 on CPU, about 2**26 logits on accelerators; a multiple of 8, at
   least 8, at most n rounded up to 8. `backend` defaults to JAX's default backend."""
-  elements = _CHUNK_ELEMENTS.get(backend or jax.default_backend(), _CHUNK_ELEMENTS_ACCELERATOR)
-  c = max(8, (elements // max(vocab, 1)) // 8 * 8)
+  if (backend or jax.default_backend()) == "cpu":
+    c = _CPU_ROWS
+  else:
+    c = max(8, (_CHUNK_ELEMENTS_ACCELERATOR // max(vocab, 1)) // 8 * 8)
   return min(c, -(-n // 8) * 8)
 
 
