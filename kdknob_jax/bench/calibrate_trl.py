@@ -48,7 +48,8 @@ def _load(name: str, trainable: bool = False):
   model = load_torch_model(resolve(name), "float32")
   if trainable:
     config = copy.deepcopy(model.config)
-    del config.quantization_config
+    if hasattr(config, "quantization_config"):  # a kept small GGUF load comes without it
+      del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
     plain.load_state_dict(model.state_dict())
     plain.generation_config = copy.deepcopy(model.generation_config)
