@@ -133,3 +133,12 @@ def test_command_line_imports_no_torch():
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                         timeout=300, check=False)
   assert "IMPORTED []" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_benchmark_rebuilds_the_embedded_teacher_as_a_trainable_model():
+  """`bench calibrate`'s TRL side: the kept GGUF load (no quantizer on its config) rebuilds."""
+  from kdknob_jax.bench import calibrate_trl  # pylint: disable=g-import-not-at-top
+  model = calibrate_trl._load(calibrate_trl.TEACHER, trainable=True)  # pylint: disable=protected-access
+  assert getattr(model.config, "quantization_config", None) is None
+  assert sum(p.numel() for p in model.parameters()) > 100_000_000
