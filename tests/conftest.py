@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import os
 import tempfile
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -137,9 +140,6 @@ def _free_compiled_programs():
   a worker otherwise keeps every executable of the session (the persistent cache on disk still
   serves any repeat) and glibc keeps the freed pages of the models' large host arrays."""
   yield
-  import ctypes  # pylint: disable=g-import-not-at-top
-  import gc  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
   jax.clear_caches()
   gc.collect()
   try:

@@ -37,23 +37,16 @@ def _load(name: str, trainable: bool = False):
 
   Args:
     name: registry name of the model.
-    trainable: rebuild it as a plain model. transformers marks a GGUF-loaded model as quantized
-      (its weights are dequantized at load, but the GGUF quantizer stays attached), and
-      `Trainer` refuses to train such a model even through an adapter.
+    trainable: rebuilt as a plain model that `Trainer` accepts (`steps_torch.trainable_model`:
+      a GGUF load can keep transformers' quantizer attached, which `Trainer` refuses).
   """
-  import copy  # pylint: disable=g-import-not-at-top
-  from transformers import AutoModelForCausalLM  # pylint: disable=g-import-not-at-top
-  from kdknob_jax.compare.torch_side import load_torch_model  # pylint: disable=g-import-not-at-top
-  from kdknob_jax.hf import resolve  # pylint: disable=g-import-not-at-top
-  model = load_torch_model(resolve(name), "float32")
-  if trainable:
-    config = copy.deepcopy(model.config)
-    if hasattr(config, "quantization_config"):  # a kept small GGUF load comes without it
-      del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
-    plain.load_state_dict(model.state_dict())
-    plain.generation_config = copy.deepcopy(model.generation_config)
-    model = plain.eval()
+  # pylint: disable=g-import-not-at-top
+  from kdknob_jax.compare import steps_torch, torch_side
+  from kdknob_jax.hf import resolve
+  # pylint: enable=g-import-not-at-top
+  source = resolve(name)
+  model = (steps_torch.trainable_model(source) if trainable
+           else torch_side.load_torch_model(source, "float32"))
   model.set_attn_implementation("sdpa")
   return model
 

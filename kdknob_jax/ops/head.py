@@ -16,8 +16,8 @@ import jax.numpy as jnp
 Array = jax.Array
 
 # Rows per chunk. Each chunk reads and writes the [D, V] float32 gradient accumulator of the
-# head once, against 6·C·D·V flops of its matmuls: C alone sets how well that traffic is
-# amortized, whatever V. On CPU a fixed 256 rows met both goals of `bench kl` (time ≤ 1.2x
+# head once, against the student's 6·C·D·V flops of matmuls (logits, and the gradients of the
+# hidden states and the head): C alone sets how well that traffic is amortized, whatever V. On CPU a fixed 256 rows met both goals of `bench kl` (time ≤ 1.2x
 # plain, working memory ≤ 0.2x) at V = 151,936 and 262,144 on a Zen 4 EPYC, where the former
 # rule of 2**24 logits (104 and 64 rows) took 1.45x plain at V = 151,936 (README). GPUs want
 # bigger chunks to fill their matmuls: 2**26 logits (256 rows at a 262k vocabulary; 64 rows
