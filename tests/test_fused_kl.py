@@ -95,6 +95,17 @@ def test_auto_chunk_bounds():
   assert auto_chunk(2048, 262_144, "cpu") == 256
   assert auto_chunk(2048, 151_936, "cpu") == 256
   assert auto_chunk(2048, 262_144, "gpu") == 256
-  assert auto_chunk(2048, 151_936, "gpu") == 440
+  assert auto_chunk(2048, 151_936, "gpu") == 416  # 5 chunks of at most 440 rows, evened out
   assert auto_chunk(5, 100, "tpu") == 8
   assert auto_chunk(100, 10, "cpu") == 104  # never more than the rows, rounded up to 8
+
+
+@pytest.mark.parametrize("backend,vocab", [("cpu", 49_152), ("gpu", 151_936), ("gpu", 262_144)])
+def test_auto_chunk_splits_rows_evenly(backend, vocab):
+  most = auto_chunk(1 << 20, vocab, backend)
+  for n in [1, 7, 8, 255, 256, 257, 384, 1000, 2049, 8192, 8193]:
+    c = auto_chunk(n, vocab, backend)
+    chunks = -(-n // c)
+    assert c % 8 == 0 and 8 <= c <= most
+    assert chunks == max(1, -(-n // most))  # no more chunks than the bound needs
+    assert chunks * c - n < 8 * chunks  # padding under 8 rows a chunk

@@ -12,6 +12,7 @@ from kdknob_jax.calibration.rewards import ids_logprobs, worst_for_unscored
 from kdknob_jax.calibration.rollouts import target_logprobs
 from kdknob_jax.hf.tokenizer import Tokenizer, completion_ids, same_vocabulary
 from kdknob_jax.models import ModelConfig, init_params
+from kdknob_jax.models.scoring import call_rows, prompt_slot_count
 from kdknob_jax.train.batch import Rollouts
 from conftest import TINY
 from tests._tiny_tokenizers import make_tokenizer_dir
@@ -98,6 +99,24 @@ def test_an_unscoreable_completion_is_never_a_bonus(tok, target, lam):
   assert lowest(r_cal)
   if lam > 0:
     assert not lowest(raw)  # the old rule's bonus
+
+
+def test_a_small_batch_is_not_padded_to_a_full_call(tok, target):
+  """Three completions with rows_per_call=16 run in a call of 4 rows, and score as each alone."""
+  seqs = [(tok.encode_prompt(p, chat=False), tok.encode(c, False))
+          for p, c in [("One", "ab a"), ("Two two", "b"), ("One", "a b ab")]]
+  assert [call_rows(n, 16) for n in (1, 3, 4, 5, 16, 40)] == [1, 4, 4, 8, 16, 16]
+  together = ids_logprobs(target, seqs, rows_per_call=16)
+  alone = [ids_logprobs(target, [s], rows_per_call=1)[0] for s in seqs]
+  np.testing.assert_allclose(together, alone, rtol=1e-5)
+
+
+def test_prompt_slots_pad_a_runs_fixed_length_finely_and_free_lengths_coarsely():
+  assert prompt_slot_count(130, 130) == 136  # a run's own longest prompt: one shape anyway
+  assert prompt_slot_count(100, 130) == 136
+  assert prompt_slot_count(130, 0) == 160  # free lengths: buckets of 32, few compiled shapes
+  assert prompt_slot_count(130, 100) == 160  # fixed slots too few for this batch: bucketed
+  assert prompt_slot_count(5, 0) == 32
 
 
 def test_worst_for_unscored_edge_cases():

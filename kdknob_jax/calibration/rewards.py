@@ -33,7 +33,7 @@ import numpy as np
 
 from kdknob_jax.hf.tokenizer import Tokenizer, completion_ids, uses_chat
 from kdknob_jax.models import ModelConfig, head_of
-from kdknob_jax.models.scoring import (call_arrays, pack_calls, predictor_hidden,
+from kdknob_jax.models.scoring import (call_arrays, call_rows, pack_calls, predictor_hidden,
                                        realized_from_hidden)
 from kdknob_jax.ops.head import auto_chunk
 
@@ -54,7 +54,8 @@ def text_logprobs(model: tuple[dict, ModelConfig], tokenizer: Tokenizer,
     completions: the completion texts.
     stopped: whether each completion ended on a stop token.
     chat: wrap string prompts in the chat template (default: when the tokenizer has one).
-    rows_per_call: completions per forward pass.
+    rows_per_call: completions per forward pass at most (fewer sequences: the power of two
+      that holds them, `scoring.call_rows`).
     prompt_slots, completion_slots: pad every call to at least these lengths (one compiled
       shape for a training loop).
 
@@ -92,6 +93,7 @@ def ids_logprobs(model: tuple[dict, ModelConfig],
   params, cfg = model
   weight, spec = head_of(params, cfg)
   out = np.zeros(len(seqs))
+  rows_per_call = call_rows(len(seqs), rows_per_call)
   for call in pack_calls(seqs, rows_per_call):
     members, args = call_arrays(call, seqs, rows_per_call, prompt_slots, completion_slots)
     comps, comp_pos = args[3], args[4]

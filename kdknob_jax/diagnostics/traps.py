@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kdknob_jax.models import ModelConfig, head_of
-from kdknob_jax.models.scoring import call_arrays, pack_calls, predictor_hidden
+from kdknob_jax.models.scoring import call_arrays, call_rows, pack_calls, predictor_hidden
 from kdknob_jax.ops.head import HeadSpec, auto_chunk, chunk_rows, head_logits, unchunk_rows
 from kdknob_jax.ops.kl import log_probs
 
@@ -133,7 +133,7 @@ def score_sequences(student: tuple[dict, ModelConfig], teacher: tuple[dict, Mode
       one prompt share its forward pass.
     ks: top-k levels for the per-vocabulary contributions; those ≥ V are dropped.
     direction: which KL the contributions decompose ("rkl" or "fkl").
-    rows_per_call: completions per forward pass.
+    rows_per_call: completions per forward pass at most (`scoring.call_rows`).
     progress: optional callable(n) told how many sequences were scored.
 
   Returns:
@@ -156,6 +156,7 @@ def score_sequences(student: tuple[dict, ModelConfig], teacher: tuple[dict, Mode
   contrib = np.zeros((len(levels) + 1, vocab), np.float64)
   frequency = np.zeros(vocab, np.int64)
   lengths = np.array([len(c) for _, c in sequences], np.int64)
+  rows_per_call = call_rows(len(sequences), rows_per_call)
   for call in pack_calls(sequences, rows_per_call):
     members, args = call_arrays(call, sequences, rows_per_call)
     comps, comp_pos = args[3], args[4]

@@ -52,6 +52,27 @@ def round_up(n: int, step: int) -> int:
   return max(step, -(-n // step) * step)
 
 
+def prompt_slot_count(longest: int, fixed: int = 0) -> int:
+  """Prompt slots S of a scoring batch whose longest prompt has `longest` tokens.
+
+  A run that fixes its slots (`fixed` ≥ longest: its longest prompt) has one shape whatever the
+  bucket, so it pads only to a multiple of 8; otherwise S is bucketed by 32, so batches of
+  varied prompts share few compiled shapes.
+  """
+  if fixed >= longest:
+    return round_up(fixed, 8)
+  return round_up(longest, 32)
+
+
+def call_rows(n: int, rows_per_call: int) -> int:
+  """Rows of each scoring call for n sequences: `rows_per_call`, or the power of two that holds
+  all n when that is fewer, so a small batch is not padded to a large call (every padded row
+  costs a full row's forward and head)."""
+  if rows_per_call < 1:
+    raise ValueError(f"rows_per_call must be >= 1, got {rows_per_call}.")
+  return min(rows_per_call, 1 << max(n - 1, 0).bit_length())
+
+
 def pack_calls(sequences, rows_per_call: int) -> list[list[tuple[tuple[int, ...], list[int]]]]:
   """Groups sequences by prompt and packs the groups into calls of at most rows_per_call
   completions (a larger group is split), so each prompt is run once per call."""
@@ -84,7 +105,7 @@ def call_arrays(call, sequences, rows_per_call: int, prompt_slots: int = 0,
   """
   members = [i for _, piece in call for i in piece]
   n_prompts = 1 << (len(call) - 1).bit_length()  # powers of two: few compiled shapes
-  p_len = round_up(max(max(len(p) for p, _ in call), prompt_slots), 32)
+  p_len = prompt_slot_count(max(len(p) for p, _ in call), prompt_slots)
   c_len = round_up(max(max(len(sequences[i][1]) for i in members), completion_slots), 16)
   prompts = np.zeros((n_prompts, p_len), np.int32)
   prompt_pos = np.full((n_prompts, p_len), -1, np.int32)

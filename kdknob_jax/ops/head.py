@@ -65,13 +65,16 @@ def head_logits(h: Array, weight: Array, spec: HeadSpec) -> Array:
 
 
 def auto_chunk(n: int, vocab: int, backend: str | None = None) -> int:
-  """Rows per chunk: 256 on CPU, about 2**26 logits on accelerators; a multiple of 8, at
-  least 8, at most n rounded up to 8. `backend` defaults to JAX's default backend."""
+  """Rows per chunk: at most 256 on CPU, about 2**26 logits on accelerators; a multiple of 8,
+  at least 8. The n rows are split into as few chunks as that bound allows, and evenly, so
+  padding stays under 8 rows a chunk (a fixed size would pad 257 rows to 512).
+  `backend` defaults to JAX's default backend."""
   if (backend or jax.default_backend()) == "cpu":
-    c = _CPU_ROWS
+    most = _CPU_ROWS
   else:
-    c = max(8, (_CHUNK_ELEMENTS_ACCELERATOR // max(vocab, 1)) // 8 * 8)
-  return min(c, -(-n // 8) * 8)
+    most = max(8, (_CHUNK_ELEMENTS_ACCELERATOR // max(vocab, 1)) // 8 * 8)
+  chunks = max(1, -(-n // most))
+  return -(-(-(-n // chunks)) // 8) * 8
 
 
 def chunk_rows(x: Array, c: int) -> Array:

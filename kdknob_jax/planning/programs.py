@@ -29,7 +29,8 @@ from kdknob_jax.decode.engine import batch_divisor, bucket, decode_layout, decod
 from kdknob_jax.hf.load import config_of
 from kdknob_jax.models import ModelConfig, abstract_params, head_of, param_axes
 from kdknob_jax.models.lora import adapted, init_lora, lora_axes
-from kdknob_jax.models.scoring import predictor_hidden, realized_from_hidden, round_up
+from kdknob_jax.models.scoring import (predictor_hidden, prompt_slot_count, realized_from_hidden,
+                                       round_up)
 from kdknob_jax.ops.head import auto_chunk
 from kdknob_jax.train.batch import batch_sharding
 
@@ -146,7 +147,7 @@ class Plan:
   def batch(self, prompts_per_step: int | None = None) -> dict:
     """The train step's abstract batch, rows over the batch axes."""
     p, n = self.rows(prompts_per_step)
-    s = round_up(self.prompt_slots, 32)
+    s = prompt_slot_count(self.prompt_slots, self.prompt_slots)  # a run's fixed slots
     t = round_up(self.config.max_new_tokens, 16)
     i32, f32 = jnp.int32, jnp.float32
     shapes = dict(prompts=((p, s), i32), prompt_pos=((p, s), i32), owner=((n,), i32),
@@ -197,7 +198,7 @@ def _target_scoring(plan: Plan, prompts_per_step: int | None):
   c, cfg = plan.config, plan.target
   r = c.rows_per_call
   p = 1 << (r - 1).bit_length()
-  s = round_up(plan.prompt_slots, 32)
+  s = prompt_slot_count(plan.prompt_slots, plan.prompt_slots)
   t = round_up(c.max_new_tokens, 16)
   def score(params, prompts, prompt_pos, owner, comps, comp_pos):
     hidden = predictor_hidden(params, cfg, prompts, prompt_pos, owner, comps, comp_pos)

@@ -17,7 +17,7 @@ import numpy as np
 
 from kdknob_jax.decode.engine import Generation
 from kdknob_jax.hf.tokenizer import Tokenizer
-from kdknob_jax.models.scoring import round_up
+from kdknob_jax.models.scoring import prompt_slot_count, round_up
 
 Array = jax.Array
 
@@ -63,7 +63,7 @@ def layout(prompt_ids: Sequence[Sequence[int]], gen: Generation, tokenizer: Toke
   n_rows = gen.tokens.shape[0]
   p_pad = round_up(len(prompt_ids), row_multiple)
   r_pad = round_up(n_rows, row_multiple)
-  s = round_up(max(max(len(p) for p in prompt_ids), prompt_slots), 32)
+  s = prompt_slot_count(max(len(p) for p in prompt_ids), prompt_slots)
   t = round_up(max(int(gen.lengths.max()), completion_slots, 1), 16)
   prompts = np.zeros((p_pad, s), np.int32)
   prompt_pos = np.full((p_pad, s), -1, np.int32)
