@@ -17,6 +17,7 @@ from kdknob_jax.models import ModelConfig, forward, init_params, param_axes
 from kdknob_jax.models.lora import (LoraConfig, adapted, count, init_lora, lora_axes, merge,
                                     targets_from_names)
 from kdknob_jax.models.scoring import completion_logp
+from kdknob_jax.ops.low_rank import low_rank
 from conftest import TINY, normal, random_ids
 
 
@@ -166,3 +167,24 @@ def test_a_bfloat16_update_moves_log_probs_as_the_float32_update_does():
   assert np.abs(x).mean() > 1e-3  # the update moves the log-probs measurably
   assert 0.95 <= applied <= 1.05, applied
   assert merged < 0.5, merged
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-6), (jnp.bfloat16, 1e-2)])
+def test_the_adapters_hand_written_backward_is_autodiffs(dtype, tol):
+  """`low_rank`'s custom VJP (only the rank-sized operands transposed) gives the gradients that
+  autodiff of the same forward does, for x, A and B."""
+  x, a, b, g = (normal(i, s).astype(dtype) for i, s in
+                enumerate([(24, 40), (40, 8), (8, 56), (24, 56)]))
+
+  def plain(x, a, b):
+    xa = jnp.einsum("mi,ir->mr", x, a, preferred_element_type=jnp.float32).astype(x.dtype)
+    return jnp.einsum("mr,rf->mf", xa, b, preferred_element_type=jnp.float32)
+
+  np.testing.assert_array_equal(np.asarray(low_rank(x, a, b)), np.asarray(plain(x, a, b)))
+  loss = lambda f: lambda *p: jnp.sum(f(*p) * g.astype(jnp.float32))
+  want = jax.grad(loss(plain), argnums=(0, 1, 2))(x, a, b)
+  got = jax.grad(loss(low_rank), argnums=(0, 1, 2))(x, a, b)
+  for w, h in zip(want, got):
+    assert h.dtype == w.dtype
+    w, h = np.asarray(w, np.float32), np.asarray(h, np.float32)
+    assert np.max(np.abs(h - w)) <= tol * np.max(np.abs(w))

@@ -29,8 +29,9 @@ def _blocks(seed: int, window):
 
 
 @pytest.mark.parametrize("window", [None, 3])
-@pytest.mark.parametrize("impl", ["chunked", "xla_fused"])
-def test_each_form_equals_dense_attention_with_its_gradients(window, impl):
+@pytest.mark.parametrize("impl,chunk", [("chunked", 3), ("chunked", 6), ("xla_fused", 3)])
+def test_each_form_equals_dense_attention_with_its_gradients(window, impl, chunk):
+  """7 queries in chunks of at most 3 (3 x 3, two padded) or 6 (evened out: 2 x 4)."""
   q, blocks, q_pos = _blocks(0, window)
   real = np.asarray(q_pos >= 0)[:, :, None, None]
 
@@ -40,14 +41,14 @@ def test_each_form_equals_dense_attention_with_its_gradients(window, impl):
   def run(form, q, kvs):
     blocks = [(k, v, m) for (k, v), m in zip(kvs, masks)]
     out = (dense_attention(q, blocks, 0.3) if form == "dense"
-           else attention(q, blocks, 0.3, impl=form, chunk=3))
+           else attention(q, blocks, 0.3, impl=form, chunk=chunk))
     return jnp.sum(jnp.where(real, out, 0.0) * jnp.cos(out))  # padded queries carry no loss
 
   want = jax.value_and_grad(run, argnums=(1, 2))("dense", q, kvs)
   got = jax.value_and_grad(run, argnums=(1, 2))(impl, q, kvs)
   for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
-  got_out = attention(q, blocks, 0.3, impl=impl, chunk=3)
+  got_out = attention(q, blocks, 0.3, impl=impl, chunk=chunk)
   np.testing.assert_allclose(np.asarray(got_out) * real,
                              np.asarray(dense_attention(q, blocks, 0.3)) * real, rtol=0,
                              atol=1e-6)

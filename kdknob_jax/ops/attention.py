@@ -161,11 +161,12 @@ def shared_prefix_attention(q: jnp.ndarray, prefix: Block, own: Block, scale: fl
 
 def chunked_attention(q: jnp.ndarray, blocks: Sequence[Block], scale: float,
                       softcap: float | None = None, chunk: int = QUERY_CHUNK) -> jnp.ndarray:
-  """`dense_attention` over chunks of `chunk` queries, each rematerialized in the backward
+  """`dense_attention` over chunks of at most `chunk` queries, each rematerialized in the backward
   pass: the working set is one chunk's [B, K, chunk·G, S] scores. Same arguments and result
   as `dense_attention`."""
   b, t, n, h = q.shape
   chunks = -(-t // chunk)
+  chunk = -(-t // chunks)  # as few chunks as `chunk` allows, evened: 136 → 2 × 68, not 2 × 128
   pad = chunks * chunk - t
   # Padded queries see no key (mask False) and are cut off at the end.
   q_c = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(b, chunks, chunk, n, h)

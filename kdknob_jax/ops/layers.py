@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from kdknob_jax.ops.low_rank import adapter_term
+
 
 def rms_norm(x: jnp.ndarray, scale: jnp.ndarray, eps: float, gemma: bool) -> jnp.ndarray:
   """RMSNorm over the last axis.
@@ -62,17 +64,7 @@ def projection(eq: str, x: jnp.ndarray, w: jnp.ndarray,
   """
   y = jnp.einsum(eq, x, w, preferred_element_type=jnp.float32)
   if adapter is not None:
-    a, b = adapter
-    ins, out = eq.split("->")
-    xs, ws = ins.split(",")
-    w_in = "".join(c for c in ws if c in xs)
-    w_out = "".join(c for c in ws if c not in xs)
-    rest = "".join(c for c in xs if c not in w_in)
-    r = _free_letter(eq)
-    # The rank-r intermediate is rounded to x's dtype: its relative error (2^-9 in bf16) is
+    # The rank-r intermediate x·A is rounded to x's dtype: its relative error (2^-9 in bf16) is
     # that of the adapter's term alone, not of W's output.
-    xa = jnp.einsum(f"{xs},{w_in}{r}->{rest}{r}", x, a.astype(x.dtype),
-                    preferred_element_type=jnp.float32).astype(x.dtype)
-    y = y + scale * jnp.einsum(f"{rest}{r},{r}{w_out}->{out}", xa, b.astype(x.dtype),
-                               preferred_element_type=jnp.float32)
+    y = y + scale * adapter_term(eq, x, *adapter, r=_free_letter(eq))
   return y.astype(x.dtype)
