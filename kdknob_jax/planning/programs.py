@@ -35,6 +35,8 @@ from kdknob_jax.ops.head import auto_chunk
 from kdknob_jax.train.batch import batch_sharding
 
 PROGRAMS = ("sampling", "rollout_scoring", "target_scoring", "train_step")
+# Every accelerator backend shares one chunk rule in `auto_chunk`; the plan is for one of them.
+ACCELERATOR = "gpu"
 GIB = 2**30
 
 
@@ -134,9 +136,14 @@ class Plan:
     state = step_lib.CalibState(step=step, lora=lora, opt_state=opt_state, base=base)
     return cls(config, mesh, rules, t_cfg, g_cfg, prompt_slots, state, sharded_params(g_cfg))
 
-  @property
-  def step_config(self) -> step_lib.StepConfig:
-    return step_lib.StepConfig.of(self.config)
+  def step_config(self, prompts_per_step: int | None = None) -> step_lib.StepConfig:
+    """The trainer's step settings, with the head's chunk an accelerator would pick for this
+    batch (the planner runs on the host CPU, whose own chunk rule differs: `auto_chunk`)."""
+    c = step_lib.StepConfig.of(self.config)
+    _, n = self.rows(prompts_per_step)
+    rows = n * round_up(self.config.max_new_tokens, 16)
+    return dataclasses.replace(c, chunk=c.chunk or auto_chunk(rows, self.teacher.vocab_size,
+                                                              ACCELERATOR))
 
   def rows(self, prompts_per_step: int | None = None) -> tuple[int, int]:
     """(padded prompts, padded rows) of a step, as the trainer pads them."""
@@ -188,7 +195,7 @@ def _rollout_scoring(plan: Plan, prompts_per_step: int | None):
   lowered = jax.jit(step_lib.score_rollouts, static_argnames=(
       "cfg", "lcfg", "scfg", "mesh", "rules")).lower(
           plan.state, plan.batch(prompts_per_step), cfg=plan.teacher,
-          lcfg=plan.config.lora.config(), scfg=plan.step_config, mesh=plan.mesh,
+          lcfg=plan.config.lora.config(), scfg=plan.step_config(prompts_per_step), mesh=plan.mesh,
           rules=plan.rules)
   return lowered, device_bytes(plan.target_params)
 
@@ -205,7 +212,7 @@ def _target_scoring(plan: Plan, prompts_per_step: int | None):
     weight, spec = head_of(params, cfg)
     return realized_from_hidden(hidden.reshape(-1, cfg.hidden_size), weight,
                                 comps.reshape(-1), spec=spec,
-                                chunk=auto_chunk(r * t, cfg.vocab_size))
+                                chunk=auto_chunk(r * t, cfg.vocab_size, ACCELERATOR))
 
   i32 = jnp.int32
   sds = jax.ShapeDtypeStruct
@@ -218,8 +225,9 @@ def _train_step(plan: Plan, prompts_per_step: int | None):
   c = plan.config
   shardings = jax.tree_util.tree_map(lambda x: x.sharding, plan.state)
   opt = c.optimizer.make(c.steps * c.inner_updates)
-  step = step_lib.make_train_step(plan.teacher, c.lora.config(), plan.step_config, opt,
-                                  plan.mesh, plan.rules, state_shardings=shardings)
+  step = step_lib.make_train_step(plan.teacher, c.lora.config(),
+                                  plan.step_config(prompts_per_step), opt, plan.mesh,
+                                  plan.rules, state_shardings=shardings)
   key = _replicated(plan.mesh, jax.eval_shape(lambda: jax.random.PRNGKey(0)))
   lowered = step.lower(plan.state, plan.batch(prompts_per_step), key)
   return lowered, device_bytes(plan.target_params)
