@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from kdknob_jax.calibration.objective import combine_advantages
+from kdknob_jax.calibration import rewards
 from kdknob_jax.calibration.rewards import ids_logprobs, worst_for_unscored
 from kdknob_jax.calibration.rollouts import target_logprobs
 from kdknob_jax.hf.tokenizer import Tokenizer, completion_ids, same_vocabulary
@@ -101,12 +102,22 @@ def test_an_unscoreable_completion_is_never_a_bonus(tok, target, lam):
     assert not lowest(raw)  # the old rule's bonus
 
 
-def test_a_small_batch_is_not_padded_to_a_full_call(tok, target):
+def test_a_small_batch_is_not_padded_to_a_full_call(tok, target, monkeypatch):
   """Three completions with rows_per_call=16 run in a call of 4 rows, and score as each alone."""
   seqs = [(tok.encode_prompt(p, chat=False), tok.encode(c, False))
           for p, c in [("One", "ab a"), ("Two two", "b"), ("One", "a b ab")]]
   assert [call_rows(n, 16) for n in (1, 3, 4, 5, 16, 40)] == [1, 4, 4, 8, 16, 16]
+  calls, original = [], rewards.call_arrays
+
+  def recorded(call, sequences, rows_per_call, *args):
+    members, arrays = original(call, sequences, rows_per_call, *args)
+    calls.append(arrays[3].shape[0])  # the call's completion rows
+    return members, arrays
+
+  monkeypatch.setattr(rewards, "call_arrays", recorded)
   together = ids_logprobs(target, seqs, rows_per_call=16)
+  assert calls == [4]
+  monkeypatch.undo()
   alone = [ids_logprobs(target, [s], rows_per_call=1)[0] for s in seqs]
   np.testing.assert_allclose(together, alone, rtol=1e-5)
 

@@ -41,7 +41,7 @@ def bench_records(count: int, directory: Path) -> tuple[Path, str]:
   """A JSONL of `count` CommonsenseQA rows (the shared sample's first, else built-in ones)."""
   if _CSQA.exists():
     rows = [json.loads(x) for x in _CSQA.read_text().splitlines()[:count]]
-    where = str(_CSQA)
+    where = f"{_CSQA.relative_to(data_root())} in the data folder (kdknob_jax.data.data_root)"
   else:
     rows = [{"answerKey": k, "question": {"stem": q, "choices": [
         {"label": "ABCD"[i], "text": t} for i, t in enumerate(texts)]}}

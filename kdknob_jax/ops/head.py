@@ -74,7 +74,8 @@ def auto_chunk(n: int, vocab: int, backend: str | None = None) -> int:
   else:
     most = max(8, (_CHUNK_ELEMENTS_ACCELERATOR // max(vocab, 1)) // 8 * 8)
   chunks = max(1, -(-n // most))
-  return -(-(-(-n // chunks)) // 8) * 8
+  per_chunk = -(-n // chunks)
+  return -(-per_chunk // 8) * 8
 
 
 def chunk_rows(x: Array, c: int) -> Array:

@@ -36,10 +36,6 @@ def mlp_activation(x: jnp.ndarray, gemma: bool) -> jnp.ndarray:
   return (jax.nn.gelu(xf, approximate=True) if gemma else jax.nn.silu(xf)).astype(x.dtype)
 
 
-def _free_letter(eq: str) -> str:
-  return next(c for c in "rzyxwvu" if c not in eq)
-
-
 def projection(eq: str, x: jnp.ndarray, w: jnp.ndarray,
                adapter: tuple[jnp.ndarray, jnp.ndarray] | None = None,
                scale: float = 1.0) -> jnp.ndarray:
@@ -66,5 +62,5 @@ def projection(eq: str, x: jnp.ndarray, w: jnp.ndarray,
   if adapter is not None:
     # The rank-r intermediate x·A is rounded to x's dtype: its relative error (2^-9 in bf16) is
     # that of the adapter's term alone, not of W's output.
-    y = y + scale * adapter_term(eq, x, *adapter, r=_free_letter(eq))
+    y = y + scale * adapter_term(eq, x, *adapter)
   return y.astype(x.dtype)

@@ -37,7 +37,7 @@ ACCELERATORS = (
     Accelerator("v5e", "TPU v5e", 16, 13),
 )
 BY_NAME = {a.name: a for a in ACCELERATORS}
-# Programs whose memory grows with the rollout batch (target scoring runs `rows_per_call` rows).
+# Programs whose memory grows with the rollout batch (target scoring: at most `rows_per_call` rows).
 BATCHED = ("sampling", "rollout_scoring", "train_step")
 # The search looks no further than this many times the config's prompts per step.
 MAX_GROWTH = 8

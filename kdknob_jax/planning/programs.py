@@ -5,7 +5,7 @@ analysis.
 
 The programs of one calibration step: sampling (prefill and the decode loop with its KV cache),
 rollout scoring (the base model's log-probs for the KL anchor; the sampling policy's too when
-off policy), target scoring (the target's log-probs of the text, `rows_per_call` rows a call)
+off policy), target scoring (the target's log-probs of the text, at most `rows_per_call` rows a call)
 and the train step.
 
 Shapes: P prompts, G rollouts per prompt, N = P·G rows, S prompt slots, T new tokens.
@@ -29,8 +29,8 @@ from kdknob_jax.decode.engine import batch_divisor, bucket, decode_layout, decod
 from kdknob_jax.hf.load import config_of
 from kdknob_jax.models import ModelConfig, abstract_params, head_of, param_axes
 from kdknob_jax.models.lora import adapted, init_lora, lora_axes
-from kdknob_jax.models.scoring import (predictor_hidden, prompt_slot_count, realized_from_hidden,
-                                       round_up)
+from kdknob_jax.models.scoring import (call_rows, predictor_hidden, prompt_slot_count,
+                                       realized_from_hidden, round_up)
 from kdknob_jax.ops.head import auto_chunk
 from kdknob_jax.train.batch import batch_sharding
 
@@ -141,9 +141,14 @@ class Plan:
     batch (the planner runs on the host CPU, whose own chunk rule differs: `auto_chunk`)."""
     c = step_lib.StepConfig.of(self.config)
     _, n = self.rows(prompts_per_step)
-    rows = n * round_up(self.config.max_new_tokens, 16)
+    rows = n * self.completion_slots
     return dataclasses.replace(c, chunk=c.chunk or auto_chunk(rows, self.teacher.vocab_size,
                                                               ACCELERATOR))
+
+  @property
+  def completion_slots(self) -> int:
+    """T of the step's arrays, as `train.batch.layout` pads the new tokens."""
+    return round_up(self.config.max_new_tokens, 16)
 
   def rows(self, prompts_per_step: int | None = None) -> tuple[int, int]:
     """(padded prompts, padded rows) of a step, as the trainer pads them."""
@@ -155,7 +160,7 @@ class Plan:
     """The train step's abstract batch, rows over the batch axes."""
     p, n = self.rows(prompts_per_step)
     s = prompt_slot_count(self.prompt_slots, self.prompt_slots)  # a run's fixed slots
-    t = round_up(self.config.max_new_tokens, 16)
+    t = self.completion_slots
     i32, f32 = jnp.int32, jnp.float32
     shapes = dict(prompts=((p, s), i32), prompt_pos=((p, s), i32), owner=((n,), i32),
                   completions=((n, t), i32), completion_pos=((n, t), i32), mask=((n, t), f32),
@@ -201,12 +206,12 @@ def _rollout_scoring(plan: Plan, prompts_per_step: int | None):
 
 
 def _target_scoring(plan: Plan, prompts_per_step: int | None):
-  del prompts_per_step  # the target scores `rows_per_call` completions a call
   c, cfg = plan.config, plan.target
-  r = c.rows_per_call
-  p = 1 << (r - 1).bit_length()
+  # The trainer's calls: the step's P·G completions, at most `rows_per_call` a call.
+  r = call_rows((prompts_per_step or c.prompts_per_step) * c.group_size, c.rows_per_call)
+  p = 1 << (r - 1).bit_length()  # at most one prompt a row
   s = prompt_slot_count(plan.prompt_slots, plan.prompt_slots)
-  t = round_up(c.max_new_tokens, 16)
+  t = plan.completion_slots
   def score(params, prompts, prompt_pos, owner, comps, comp_pos):
     hidden = predictor_hidden(params, cfg, prompts, prompt_pos, owner, comps, comp_pos)
     weight, spec = head_of(params, cfg)
